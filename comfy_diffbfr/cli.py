@@ -1,0 +1,46 @@
+"""`python -m comfy_diffbfr COMMAND ...`: one module per command in `comfy_diffbfr.commands`.
+
+Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+They are imported only when chosen, so a missing optional dependency of one command never
+breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import DiffBFRError
+
+COMMANDS = ("restore", "faces", "inspect", "run", "degrade", "train", "eval")
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"{__package__}.commands.{name}")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m comfy_diffbfr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name in COMMANDS:
+        if name == chosen:
+            module = _command_module(name)
+            module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+        else:
+            sub.add_parser(name, help=f"see 'python -m comfy_diffbfr {name} --help'", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(_command_module(args.command).run(args) or 0)
+    except DiffBFRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Command-line commands; see `comfy_diffbfr.cli`."""

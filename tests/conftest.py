@@ -1,0 +1,33 @@
+"""Shared test fixtures. Data beside the checkout (`../shared`) is optional: tests that need it skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED / sub
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: these tests read the shared fixtures that sit beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    return _shared("parity")
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    return _shared("faces")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_model_folders(tmp_path_factory, monkeypatch):
+    """Never read or write the user's real model cache from a test."""
+    monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path_factory.getbasetemp() / "models"))
