@@ -1,0 +1,1 @@
+"""Noise schedules and samplers (small, pure functions over tensors)."""

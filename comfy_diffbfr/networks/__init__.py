@@ -1,0 +1,1 @@
+"""Diffusion UNets of the public implementations, written for this project."""

@@ -1,0 +1,39 @@
+"""Building blocks shared by the networks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def sinusoidal_embedding(
+    t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool, freq_shift: float = 0.0, max_period: float = 10000.0
+) -> torch.Tensor:
+    """[sin, cos] (or [cos, sin] when flipped) of ``t * exp(-ln(max_period) * k / (dim/2 - freq_shift))``.
+
+    Covers every public variant: guided/improved/DifFace = flip, shift 0; ermongroup/ddim and
+    ddpm-celebahq = no flip, shift 1; SR3 = no flip, shift 0 applied to the noise level gamma.
+    Computed in float32 whatever the autocast dtype, as the references do; real-valued t is fine.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    args = t.float().reshape(-1, 1) * torch.exp(exponent)[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Self-attention over pixels. q, k, v: [B, C, N]; returns [B, C, N].
+
+    Each head takes a contiguous slice of C // heads channels, scale (C // heads) ** -0.5.
+    """
+    b, c, n = q.shape
+    q, k, v = (x.reshape(b, heads, c // heads, n).transpose(-1, -2) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(-1, -2).reshape(b, c, n)
