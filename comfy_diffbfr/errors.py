@@ -27,3 +27,7 @@ class WeightsMissingError(DiffBFRError):
 
 class Interrupted(DiffBFRError):
     """The user cancelled the run (ComfyUI's Cancel, or Ctrl-C on the command line)."""
+
+
+class InvalidParameterError(DiffBFRError, ValueError):
+    """A parameter outside its valid range or of the wrong shape (e.g. strength 0, mismatched batch sizes)."""
