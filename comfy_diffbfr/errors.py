@@ -31,3 +31,7 @@ class Interrupted(DiffBFRError):
 
 class InvalidParameterError(DiffBFRError, ValueError):
     """A parameter outside its valid range or of the wrong shape (e.g. strength 0, mismatched batch sizes)."""
+
+
+class WorkflowError(DiffBFRError):
+    """A workflow file that cannot be read, converted or validated (unknown node, bad input value, ...)."""
