@@ -1,0 +1,114 @@
+"""One loaded module per model file, shared by every node and stage that names it.
+
+Inside ComfyUI each network is wrapped in ComfyUI's ``ModelPatcher`` so its memory manager loads
+and offloads it together with its other models (LRU over all of them); we only call
+``load_models_gpu`` right before each use. Outside ComfyUI a small LRU of loaded files keeps the
+most recent ones, and the one in use is moved to the compute device.
+
+A file enters the cache only after it is completely loaded, so an error or a Cancel during loading
+leaves nothing half-loaded behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from . import device as devices
+
+DEFAULT_CAPACITY = int(os.environ.get("COMFY_DIFFBFR_CACHE_SIZE", "4"))
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """What a loader node outputs: the loaded model, its file name and the chosen precision."""
+
+    loaded: Any  # comfy_diffbfr.models.LoadedModel
+    name: str
+    precision: str = "auto"
+    patcher: Any = field(default=None, repr=False)  # ComfyUI's ModelPatcher, inside ComfyUI only
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.loaded.net
+
+    def prepare(self) -> torch.device:
+        """Make the network resident on the compute device; returns that device."""
+        if self.patcher is not None:
+            import comfy.model_management as mm
+
+            mm.load_models_gpu([self.patcher], force_full_load=True)
+            return torch.device(self.patcher.load_device)
+        target = devices.compute_device()
+        if _module_device(self.net) != target:
+            self.net.to(target)
+        return target
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        return devices.resolve_dtype(self.precision, device)
+
+
+def _module_device(net: torch.nn.Module) -> torch.device:
+    param = next(net.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _wrap_for_comfy(net: torch.nn.Module) -> Any:
+    try:
+        import comfy.model_management as mm
+        from comfy.model_patcher import ModelPatcher
+    except ImportError:
+        return None
+    return ModelPatcher(net, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+class ModelCache:
+    """LRU of loaded model files keyed by (path, size, mtime, hints)."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.capacity = max(1, capacity)
+        self._entries: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, hints: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+        """``(LoadedModel, patcher or None)`` for ``path``, loading it on first use."""
+        from ..models import load_model  # heavy; imported on first use
+
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns, json.dumps(dict(hints or {}), sort_keys=True))
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            loaded = load_model(path, hints=dict(hints) if hints else None)
+            entry = (loaded, _wrap_for_comfy(loaded.net))
+            self._entries[key] = entry
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            return entry
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+CACHE = ModelCache()
+
+
+def load_cached(path: Path, name: str, *, hints: Mapping[str, Any] | None = None, precision: str = "auto") -> ModelHandle:
+    """A handle on the shared module for ``path``: the same file twice gives the same module."""
+    if precision not in devices.PRECISIONS:
+        raise ValueError(f"precision must be one of {devices.PRECISIONS}, got {precision!r}")
+    loaded, patcher = CACHE.get(path, hints)
+    return ModelHandle(loaded=loaded, name=name, precision=precision, patcher=patcher)

@@ -1,0 +1,68 @@
+"""Per-step progress with a preview of the current x0 estimate.
+
+Inside ComfyUI: ``comfy.utils.ProgressBar`` with a JPEG preview (its hook also honours Cancel).
+Outside: an optional callback ``(step, total, preview IMAGE)``, else a tqdm bar when tqdm is
+installed and ``COMFY_DIFFBFR_PROGRESS`` is not ``0``, else nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import torch
+
+PreviewCallback = Callable[[int, int, torch.Tensor], None]
+PREVIEW_MAX_SIZE = 512
+
+
+def preview_image(x0: torch.Tensor) -> torch.Tensor:
+    """The first face of an x0 estimate ``[B,3,H,W]`` in [-1,1] as an IMAGE ``[1,H,W,3]``."""
+    return ((x0[:1].detach().float().cpu() + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+
+def _to_pil(image: torch.Tensor):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))
+
+
+class StageProgress:
+    """Reports each sampling step of one stage."""
+
+    def __init__(self, total: int, label: str, callback: Optional[PreviewCallback] = None) -> None:
+        self.total = total
+        self.callback = callback
+        self._comfy_bar = None
+        self._tqdm = None
+        if callback is None:
+            try:
+                import comfy.utils  # ComfyUI's module; absent outside ComfyUI
+
+                self._comfy_bar = comfy.utils.ProgressBar(total)
+            except ImportError:
+                self._tqdm = _tqdm_bar(total, label)
+
+    def update(self, step: int, x0: torch.Tensor) -> None:
+        if self.callback is not None:
+            self.callback(step, self.total, preview_image(x0))
+        elif self._comfy_bar is not None:
+            preview = ("JPEG", _to_pil(preview_image(x0)), PREVIEW_MAX_SIZE)
+            self._comfy_bar.update_absolute(step, self.total, preview)
+        elif self._tqdm is not None:
+            self._tqdm.update(1)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+
+def _tqdm_bar(total: int, label: str):
+    if os.environ.get("COMFY_DIFFBFR_PROGRESS", "1") == "0":
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=label, leave=False)

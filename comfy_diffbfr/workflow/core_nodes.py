@@ -1,0 +1,302 @@
+"""The core ComfyUI nodes the shipped workflows use, re-implemented for the headless runner.
+
+Written from the behaviour of ComfyUI's nodes (no ComfyUI code), so that on the CPU their outputs
+equal ComfyUI's bit for bit: the same PIL/numpy conversions when loading and saving, and the same
+resampling calls (``torch.nn.functional.interpolate`` without antialiasing; lanczos through an
+8-bit PIL round trip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from ..errors import ImageReadError, WorkflowError
+
+MAX_RESOLUTION = 16384
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+CROP_METHODS = ["disabled", "center"]
+
+
+@dataclass
+class RunContext:
+    """Folders of one headless run (ComfyUI's input, output and temp folders)."""
+
+    output_dir: Path
+    input_dirs: list[Path] = field(default_factory=list)
+    saved: list[Path] = field(default_factory=list)
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.output_dir / "temp"
+
+
+def _open_image(path: Path) -> Image.Image:
+    """PIL open, retrying truncated files the way ComfyUI does."""
+    try:
+        return Image.open(path)
+    except (OSError, UnidentifiedImageError, ValueError):
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            return Image.open(path)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise ImageReadError(f"cannot read image {path}: {exc}") from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _exif_transpose(frame: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(frame)
+    except (OSError, UnidentifiedImageError, ValueError):
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            return ImageOps.exif_transpose(frame)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE ``[F,H,W,3]`` and MASK ``[F,h,w]`` as ComfyUI's LoadImage makes them.
+
+    Frames of another size than the first are skipped; the mask is ``1 - alpha``, or a 64x64 zero
+    mask when the file has no transparency.
+    """
+    img = _open_image(path)
+    images, masks = [], []
+    for frame in ImageSequence.Iterator(img):
+        frame = _exif_transpose(frame)
+        if frame.mode == "I":
+            frame = frame.point(lambda v: v * (1 / 255))
+        rgb = frame.convert("RGB")
+        if images and rgb.size != (images[0].shape[2], images[0].shape[1]):
+            continue
+        images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None,])
+        if "A" in frame.getbands():
+            alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
+            mask = 1.0 - torch.from_numpy(alpha)
+        elif frame.mode == "P" and "transparency" in frame.info:
+            alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
+            mask = 1.0 - torch.from_numpy(alpha)
+        else:
+            mask = torch.zeros((64, 64), dtype=torch.float32)
+        masks.append(mask.unsqueeze(0))
+    if len(images) > 1 and img.format != "MPO":
+        return torch.cat(images, dim=0), torch.cat(masks, dim=0)
+    return images[0], masks[0]
+
+
+def image_to_pil(image: torch.Tensor) -> Image.Image:
+    """One IMAGE ``[H,W,C]`` to 8-bit PIL as ComfyUI's SaveImage does (scale, clip, truncate)."""
+    return Image.fromarray(np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8))
+
+
+def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``[B,C,H,W]`` resized with PIL's Lanczos through 8-bit images."""
+    out = []
+    for sample in samples:
+        pil = image_to_pil(sample.movedim(0, -1)).resize((width, height), resample=Image.Resampling.LANCZOS)
+        out.append(torch.from_numpy(np.array(pil).astype(np.float32) / 255.0).movedim(-1, 0))
+    return torch.stack(out).to(samples.device, samples.dtype)
+
+
+def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """Resize ``[B,C,H,W]``; ``crop="center"`` first cuts the input to the target aspect ratio."""
+    if method not in UPSCALE_METHODS:
+        raise WorkflowError(f"unknown upscale method {method!r}; choose one of {UPSCALE_METHODS}")
+    if crop == "center":
+        old_w, old_h = samples.shape[-1], samples.shape[-2]
+        old_aspect, new_aspect = old_w / old_h, width / height
+        x = y = 0
+        if old_aspect > new_aspect:
+            x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+        elif old_aspect < new_aspect:
+            y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+        samples = samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
+    if method == "lanczos":
+        return lanczos(samples, width, height)
+    return F.interpolate(samples, size=(height, width), mode=method)
+
+
+class LoadImage:
+    CATEGORY = "image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"image": ("COMBO", {"image_upload": True, "options": None})}}
+
+    def resolve(self, name: str) -> Path:
+        name = re.sub(r" \[(input|output|temp)\]$", "", name)
+        if Path(name).is_absolute():
+            path = Path(name)
+            if path.is_file():
+                return path
+        else:
+            for folder in self.ctx.input_dirs:
+                if (folder / name).is_file():
+                    return folder / name
+        searched = ", ".join(str(d) for d in self.ctx.input_dirs)
+        raise ImageReadError(f"LoadImage: image {name!r} not found (searched {searched}); pass --input FILE")
+
+    def load_image(self, image: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_image_file(self.resolve(image))
+
+
+class SaveImage:
+    CATEGORY = "image"
+    RETURN_TYPES = ()
+    FUNCTION = "save_images"
+    OUTPUT_NODE = True
+    KIND = "output"
+    COMPRESS_LEVEL = 4
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def folder(self) -> Path:
+        return self.ctx.output_dir
+
+    def prefix(self, filename_prefix: str) -> str:
+        return filename_prefix
+
+    def save_images(self, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: Any = None,
+                    extra_pnginfo: Optional[dict] = None) -> dict:
+        prefix = self.prefix(filename_prefix)
+        root = self.folder()
+        subfolder = os.path.dirname(os.path.normpath(prefix))
+        stem = os.path.basename(os.path.normpath(prefix))
+        target = (root / subfolder).resolve()
+        if not target.is_relative_to(root.resolve()):
+            raise WorkflowError(f"SaveImage: filename_prefix {filename_prefix!r} points outside the output folder")
+        target.mkdir(parents=True, exist_ok=True)
+        counter = _next_counter(target, stem)
+        results = []
+        for batch_number, image in enumerate(images):
+            metadata = PngInfo()
+            if prompt is not None:
+                metadata.add_text("prompt", json.dumps(prompt))
+            for key, value in (extra_pnginfo or {}).items():
+                metadata.add_text(key, json.dumps(value))
+            name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+            image_to_pil(image).save(target / name, pnginfo=metadata, compress_level=self.COMPRESS_LEVEL)
+            self.ctx.saved.append(target / name)
+            results.append({"filename": name, "subfolder": subfolder, "type": self.KIND})
+            counter += 1
+        return {"ui": {"images": results}}
+
+
+def _next_counter(folder: Path, stem: str) -> int:
+    """One past the highest ``<stem>_<NNNNN>_`` counter in ``folder`` (ComfyUI's numbering)."""
+    pattern = re.compile(re.escape(stem) + r"_(\d+)_")
+    counters = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
+    return max(counters, default=0) + 1
+
+
+class PreviewImage(SaveImage):
+    KIND = "temp"
+    COMPRESS_LEVEL = 1
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def folder(self) -> Path:
+        return self.ctx.temp_dir
+
+    def prefix(self, filename_prefix: str) -> str:
+        return "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+
+
+class ImageScale:
+    CATEGORY = "image/upscaling"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    def __init__(self, ctx: RunContext) -> None:
+        pass
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "image": ("IMAGE",), "upscale_method": (UPSCALE_METHODS,),
+            "width": ("INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}),
+            "height": ("INT", {"default": 512, "min": 0, "max": MAX_RESOLUTION, "step": 1}),
+            "crop": (CROP_METHODS,),
+        }}
+
+    def upscale(self, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str) -> tuple[torch.Tensor]:
+        if width == 0 and height == 0:
+            return (image,)
+        samples = image.movedim(-1, 1)
+        if width == 0:
+            width = max(1, round(samples.shape[3] * height / samples.shape[2]))
+        elif height == 0:
+            height = max(1, round(samples.shape[2] * width / samples.shape[3]))
+        return (common_upscale(samples, width, height, upscale_method, crop).movedim(1, -1),)
+
+
+class ImageScaleBy:
+    CATEGORY = "image/upscaling"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    def __init__(self, ctx: RunContext) -> None:
+        pass
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "image": ("IMAGE",), "upscale_method": (UPSCALE_METHODS,),
+            "scale_by": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01}),
+        }}
+
+    def upscale(self, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple[torch.Tensor]:
+        samples = image.movedim(-1, 1)
+        width, height = round(samples.shape[3] * scale_by), round(samples.shape[2] * scale_by)
+        return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
+
+
+class ImageBatch:
+    CATEGORY = "image"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "batch"
+
+    def __init__(self, ctx: RunContext) -> None:
+        pass
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"image1": ("IMAGE",), "image2": ("IMAGE",)}}
+
+    def batch(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor]:
+        if image1.shape[1:] != image2.shape[1:]:
+            image2 = common_upscale(image2.movedim(-1, 1), image1.shape[2], image1.shape[1], "bilinear", "center").movedim(1, -1)
+        return (torch.cat((image1, image2), dim=0),)
+
+
+CORE_NODES = {cls.__name__: cls for cls in (LoadImage, SaveImage, PreviewImage, ImageScale, ImageScaleBy, ImageBatch)}

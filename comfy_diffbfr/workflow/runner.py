@@ -1,0 +1,205 @@
+"""Run ComfyUI workflows (UI or API format) without ComfyUI.
+
+The pack's own nodes come from the pack's ``nodes`` package (imported the way ComfyUI imports
+the pack), the core nodes from ``core_nodes``. Inputs are validated like ComfyUI validates them
+(required inputs, types, min/max, combo lists) before anything runs; then the nodes upstream of the
+output nodes run once each, in dependency order, under ``torch.inference_mode()`` as in ComfyUI.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from ..errors import WorkflowError
+from ..host.folders import PACK_ROOT
+from .core_nodes import CORE_NODES, LoadImage, RunContext
+from .ui_format import is_ui_format, to_api
+
+PACK_MODULE = "comfy_diffbfr_pack"
+EXAMPLES_DIR = PACK_ROOT / "examples"
+
+
+def pack_nodes() -> dict[str, type]:
+    """The pack's NODE_CLASS_MAPPINGS, importing its top-level ``__init__.py`` as ComfyUI does."""
+    module = sys.modules.get(PACK_MODULE)
+    if module is None:
+        init = PACK_ROOT / "__init__.py"
+        if not init.is_file():
+            raise WorkflowError(f"the node pack is not beside the library ({init} is missing); run from a checkout of the pack")
+        spec = importlib.util.spec_from_file_location(PACK_MODULE, init, submodule_search_locations=[str(PACK_ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_MODULE] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[PACK_MODULE]
+            raise
+    return dict(module.NODE_CLASS_MAPPINGS)
+
+
+def node_classes() -> dict[str, type]:
+    return {**CORE_NODES, **pack_nodes()}
+
+
+def load_workflow(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WorkflowError(f"cannot read workflow {path}: {exc}") from None
+
+
+def to_prompt(workflow: Mapping[str, Any], classes: Mapping[str, type]) -> dict[str, dict]:
+    """The API prompt of a UI- or API-format workflow (a deep copy, safe to edit)."""
+    if is_ui_format(workflow):
+        return to_api(workflow, {name: cls.INPUT_TYPES() for name, cls in classes.items()})
+    if all(isinstance(v, dict) and "class_type" in v for v in workflow.values()) and workflow:
+        return copy.deepcopy(dict(workflow))
+    raise WorkflowError("not a ComfyUI workflow: expected the UI format (nodes + links) or the API format ({id: {class_type, inputs}})")
+
+
+def set_input(prompt: dict, assignment: str) -> None:
+    """Apply ``NODE.INPUT=VALUE``; VALUE is JSON when it parses as JSON, else a string."""
+    target, sep, raw = assignment.partition("=")
+    node_id, dot, name = target.partition(".")
+    if not sep or not dot or not name:
+        raise WorkflowError(f"--set expects NODE.INPUT=VALUE, got {assignment!r}")
+    if node_id not in prompt:
+        raise WorkflowError(f"--set {assignment!r}: the workflow has no node {node_id!r} (ids: {', '.join(sorted(prompt))})")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    prompt[node_id]["inputs"][name] = value
+
+
+def set_images(prompt: dict, files: Sequence[Path]) -> None:
+    """Replace the image of the LoadImage nodes (in id order): file i goes to node i, the last file to the rest."""
+    loaders = sorted((k for k, v in prompt.items() if v["class_type"] == "LoadImage"), key=_id_order)
+    if files and not loaders:
+        raise WorkflowError("--input was given but the workflow has no LoadImage node")
+    for i, node_id in enumerate(loaders):
+        if files:
+            prompt[node_id]["inputs"]["image"] = str(Path(files[min(i, len(files) - 1)]).resolve())
+
+
+def _id_order(node_id: str) -> tuple:
+    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+
+
+def _check_value(node_id: str, cls: type, name: str, kind: Any, options: Mapping[str, Any], value: Any) -> Any:
+    where = f"node {node_id} ({cls.__name__}) input {name!r}"
+    if isinstance(kind, (list, tuple)):
+        if value not in kind:
+            shown = ", ".join(map(repr, list(kind)[:8])) or "none available"
+            raise WorkflowError(f"{where}: {value!r} is not one of the choices ({shown})")
+        return value
+    converters = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+    if kind in converters:
+        try:
+            value = converters[kind](value)
+        except (TypeError, ValueError):
+            raise WorkflowError(f"{where}: {value!r} is not a valid {kind}") from None
+        if "min" in options and value < options["min"]:
+            raise WorkflowError(f"{where}: {value} is below the minimum {options['min']}")
+        if "max" in options and value > options["max"]:
+            raise WorkflowError(f"{where}: {value} is above the maximum {options['max']}")
+    return value
+
+
+def validate(prompt: Mapping[str, dict], classes: Mapping[str, type]) -> dict[str, dict]:
+    """Checked and type-converted inputs per node; raises ``WorkflowError`` on the first problem."""
+    checked: dict[str, dict] = {}
+    for node_id, node in prompt.items():
+        cls = classes.get(node["class_type"])
+        if cls is None:
+            raise WorkflowError(f"node {node_id}: unknown node type {node['class_type']!r}")
+        schema = cls.INPUT_TYPES()
+        specs = {**schema.get("required", {}), **schema.get("optional", {})}
+        inputs = {}
+        for name, spec in specs.items():
+            value = node["inputs"].get(name)
+            if value is None:
+                if name in schema.get("required", {}):
+                    raise WorkflowError(f"node {node_id} ({node['class_type']}): required input {name!r} is missing")
+                continue
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                if value[0] not in prompt:
+                    raise WorkflowError(f"node {node_id}: input {name!r} links to missing node {value[0]!r}")
+                inputs[name] = value
+                continue
+            inputs[name] = _check_value(node_id, cls, name, spec[0], spec[1] if len(spec) > 1 else {}, value)
+        checked[node_id] = inputs
+    return checked
+
+
+class Runner:
+    """Executes one prompt; ``outputs`` holds every node's results afterwards."""
+
+    def __init__(self, ctx: RunContext, classes: Optional[Mapping[str, type]] = None) -> None:
+        self.ctx = ctx
+        self.classes = dict(classes or node_classes())
+        self.outputs: dict[str, tuple] = {}
+
+    def _instance(self, cls: type) -> Any:
+        return cls(self.ctx) if cls.__name__ in CORE_NODES and CORE_NODES[cls.__name__] is cls else cls()
+
+    def run(self, prompt: Mapping[str, dict], extra_pnginfo: Optional[dict] = None) -> dict[str, tuple]:
+        inputs = validate(prompt, self.classes)
+        sinks = [k for k, v in prompt.items() if getattr(self.classes[v["class_type"]], "OUTPUT_NODE", False)]
+        if not sinks:
+            raise WorkflowError("the workflow has no output node (SaveImage, PreviewImage, ...): nothing would be produced")
+        with torch.inference_mode():
+            for node_id in sorted(sinks, key=_id_order):
+                self._execute(node_id, prompt, inputs, extra_pnginfo, ())
+        return self.outputs
+
+    def _execute(self, node_id: str, prompt, inputs, extra_pnginfo, path: tuple) -> tuple:
+        if node_id in self.outputs:
+            return self.outputs[node_id]
+        if node_id in path:
+            raise WorkflowError(f"the workflow has a cycle through node {node_id}")
+        cls = self.classes[prompt[node_id]["class_type"]]
+        kwargs = {}
+        for name, value in inputs[node_id].items():
+            if isinstance(value, list):
+                kwargs[name] = self._execute(value[0], prompt, inputs, extra_pnginfo, path + (node_id,))[value[1]]
+            else:
+                kwargs[name] = value
+        hidden = cls.INPUT_TYPES().get("hidden", {})
+        if "prompt" in hidden:
+            kwargs["prompt"] = dict(prompt)
+        if "extra_pnginfo" in hidden:
+            kwargs["extra_pnginfo"] = extra_pnginfo
+        result = getattr(self._instance(cls), cls.FUNCTION)(**kwargs)
+        if isinstance(result, dict):
+            result = tuple(result.get("result", ()))
+        self.outputs[node_id] = tuple(result)
+        return self.outputs[node_id]
+
+
+def run_workflow(
+    workflow: Mapping[str, Any],
+    output_dir: Path,
+    *,
+    images: Sequence[Path] = (),
+    assignments: Sequence[str] = (),
+    input_dirs: Sequence[Path] = (),
+) -> RunContext:
+    """Run a workflow (UI or API format); returns the context with the list of saved files."""
+    classes = node_classes()
+    prompt = to_prompt(workflow, classes)
+    set_images(prompt, images)
+    for assignment in assignments:
+        set_input(prompt, assignment)
+    ctx = RunContext(output_dir=Path(output_dir), input_dirs=[Path(d) for d in input_dirs] + [EXAMPLES_DIR])
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"workflow": dict(workflow)} if is_ui_format(workflow) else None
+    Runner(ctx, classes).run(prompt, extra_pnginfo=extra)
+    return ctx

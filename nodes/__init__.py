@@ -1,0 +1,24 @@
+"""The pack's ComfyUI node classes (a few lines each over the ``comfy_diffbfr`` library)."""
+
+from .face_nodes import DiffBFRFaceDetect, DiffBFRPasteBack
+from .loader import DiffBFRModelLoader
+from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
+
+# These ids are stored in saved workflows: never rename them.
+NODE_CLASS_MAPPINGS = {
+    "DiffBFRModelLoader": DiffBFRModelLoader,
+    "DiffBFRFaceDetect": DiffBFRFaceDetect,
+    "DiffBFRIRM64": DiffBFRIRM64,
+    "DiffBFRIRM256": DiffBFRIRM256,
+    "DiffBFRTEM": DiffBFRTEM,
+    "DiffBFRPasteBack": DiffBFRPasteBack,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DiffBFRModelLoader": "DiffBFR Model Loader",
+    "DiffBFRFaceDetect": "DiffBFR Face Detect",
+    "DiffBFRIRM64": "DiffBFR IRM 64",
+    "DiffBFRIRM256": "DiffBFR IRM 256",
+    "DiffBFRTEM": "DiffBFR TEM",
+    "DiffBFRPasteBack": "DiffBFR Paste Back",
+}

@@ -1,0 +1,80 @@
+"""DiffBFRFaceDetect and DiffBFRPasteBack over ``comfy_diffbfr.faces``."""
+
+from __future__ import annotations
+
+import torch
+
+from .common import CATEGORY, FACES
+
+from comfy_diffbfr import faces
+from comfy_diffbfr.errors import DiffBFRError, NoFaceError
+
+SELECTIONS = ("all", "largest", "center")
+COLOR_CORRECTIONS = ("wavelet", "adain", "none")
+
+
+class DiffBFRFaceDetect:
+    DESCRIPTION = "Finds faces, aligns them FFHQ-style and outputs the face set and the aligned crops as an IMAGE batch."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (FACES, "IMAGE")
+    RETURN_NAMES = ("faces", "crops")
+    FUNCTION = "detect"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "detector": (list(faces.DETECTORS), {"default": "auto"}),
+                "selection": (list(SELECTIONS), {"default": "all", "tooltip": "Which faces of each image to restore."}),
+                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
+                "aligned": ("BOOLEAN", {"default": False, "tooltip": "The images are already aligned face crops."}),
+            },
+        }
+
+    def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool):
+        face_set = faces.detect_faces(
+            image, detector=detector, selection=faces.Selection(mode=selection), crop_size=crop_size, aligned=aligned
+        )
+        if face_set.crops.shape[0] == 0:
+            raise NoFaceError(
+                f"no face found in the {image.shape[0]} image(s) with detector {detector!r}. Try another "
+                "detector, or set 'aligned' when the images are already face crops."
+            )
+        return (face_set, face_set.crops)
+
+
+class DiffBFRPasteBack:
+    DESCRIPTION = "Pastes restored face crops (any size) back into the original images; outputs the images and the face mask."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "faces": (FACES,),
+                "restored": ("IMAGE",),
+                "color_correction": (list(COLOR_CORRECTIONS), {"default": "wavelet"}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Blend between the original (0) and the restored faces (1)."}),
+            },
+        }
+
+    def paste(self, image: torch.Tensor, faces, restored: torch.Tensor, color_correction: str, strength: float):
+        n = len(faces.faces)
+        if restored.shape[0] != n:
+            raise DiffBFRError(
+                f"PasteBack got {restored.shape[0]} restored crops for a face set of {n} faces; connect the "
+                "output of the stages that started from this face set's crops."
+            )
+        if image.shape[0] != len(faces.image_sizes):
+            raise DiffBFRError(
+                f"PasteBack got {image.shape[0]} images but the face set was detected on {len(faces.image_sizes)}; "
+                "connect the same images that went into DiffBFR Face Detect."
+            )
+        out, mask = faces.paste_back(image, faces, restored, color_correction=color_correction, strength=strength)
+        return (out, mask)

@@ -1,0 +1,59 @@
+"""DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM: one diffusion stage each, over ``comfy_diffbfr.stages``."""
+
+from __future__ import annotations
+
+from .common import CATEGORY, MODEL, sampling_widgets
+
+import torch
+
+from comfy_diffbfr import stages
+
+
+class _StageNode:
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    STAGE: stages.StageSpec
+    DEFAULTS: tuple[float, int]
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {"model": (MODEL,), "image": ("IMAGE",), **sampling_widgets(*cls.DEFAULTS)},
+        }
+
+    def run(self, model, image: torch.Tensor, **settings) -> tuple[torch.Tensor]:
+        return (stages.run_stage(self.STAGE, model, image, **settings),)
+
+
+class DiffBFRIRM64(_StageNode):
+    DESCRIPTION = "Identity Restoration, stage 1: restores low-quality face crops at 64x64 with a conditional model."
+    RETURN_NAMES = ("faces_64",)
+    STAGE = stages.IRM64
+    DEFAULTS = (0.6, 20)
+
+
+class DiffBFRIRM256(_StageNode):
+    DESCRIPTION = (
+        "Identity Restoration, stage 2: takes the 64x64 faces to 256x256. Connect the low-quality crops "
+        "to 'lq' when the model is conditioned on them."
+    )
+    RETURN_NAMES = ("faces_256",)
+    STAGE = stages.IRM256
+    DEFAULTS = (0.5, 20)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        schema = super().INPUT_TYPES()
+        schema["optional"] = {"lq": ("IMAGE", {"tooltip": "The low-quality face crops (from DiffBFR Face Detect)."})}
+        return schema
+
+    def run(self, model, image: torch.Tensor, lq: torch.Tensor | None = None, **settings) -> tuple[torch.Tensor]:
+        return (stages.run_stage(self.STAGE, model, image, lq=lq, **settings),)
+
+
+class DiffBFRTEM(_StageNode):
+    DESCRIPTION = "Texture Enhancement: polishes faces (or any image) with an unconditional face prior from a small t0."
+    RETURN_NAMES = ("image",)
+    STAGE = stages.TEM
+    DEFAULTS = (0.1, 10)
