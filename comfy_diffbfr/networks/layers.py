@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -37,3 +38,16 @@ def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     q, k, v = (x.reshape(b, heads, c // heads, n).transpose(-1, -2) for x in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(-1, -2).reshape(b, c, n)
+
+
+def largest_dividing_group_count(channel_counts: Iterable[int], preferred: int = 32) -> int:
+    """The largest of ``preferred``, preferred/2, ..., 1 that divides every count.
+
+    Used where a checkpoint does not store its GroupNorm group count: the common presets
+    (32, then 16, ...) are tried in order, so a network of 32-divisible widths gets 32.
+    """
+    counts = list(channel_counts)
+    groups = preferred
+    while groups > 1 and any(c % groups for c in counts):
+        groups //= 2
+    return groups
