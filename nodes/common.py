@@ -16,7 +16,7 @@ def sampling_widgets(strength: float, steps: int) -> dict:
     """The widgets of the three stage nodes, in their saved order (append new ones at the end)."""
     return {
         "strength": ("FLOAT", {
-            "default": strength, "min": 0.0, "max": 1.0, "step": 0.01,
+            "default": strength, "min": 0.01, "max": 1.0, "step": 0.01,
             "tooltip": "Truncation point t0 as a fraction of the diffusion length T: how much noise is added "
                        "to the input before it is denoised. Higher = stronger restoration, less faithful.",
         }),

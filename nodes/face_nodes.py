@@ -6,8 +6,9 @@ import torch
 
 from .common import CATEGORY, FACES
 
-from comfy_diffbfr import faces
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
+from comfy_diffbfr.faces.detectors import DETECTORS
+from comfy_diffbfr.faces.selection import Selection
 
 SELECTIONS = ("all", "largest", "center")
 COLOR_CORRECTIONS = ("wavelet", "adain", "none")
@@ -25,7 +26,7 @@ class DiffBFRFaceDetect:
         return {
             "required": {
                 "image": ("IMAGE",),
-                "detector": (list(faces.DETECTORS), {"default": "auto"}),
+                "detector": (list(DETECTORS), {"default": "auto"}),
                 "selection": (list(SELECTIONS), {"default": "all", "tooltip": "Which faces of each image to restore."}),
                 "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
                 "aligned": ("BOOLEAN", {"default": False, "tooltip": "The images are already aligned face crops."}),
@@ -33,12 +34,12 @@ class DiffBFRFaceDetect:
         }
 
     def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool):
-        face_set = faces.detect_faces(
-            image, detector=detector, selection=faces.Selection(mode=selection), crop_size=crop_size, aligned=aligned
-        )
-        if face_set.crops.shape[0] == 0:
+        from comfy_diffbfr.faces import detect_faces
+
+        face_set = detect_faces(image, detector=detector, selection=Selection(mode=selection), crop_size=crop_size, aligned=aligned)
+        if len(face_set) == 0:
             raise NoFaceError(
-                f"no face found in the {image.shape[0]} image(s) with detector {detector!r}. Try another "
+                f"no face found with detector {detector!r} ({'; '.join(face_set.notes)}). Try another "
                 "detector, or set 'aligned' when the images are already face crops."
             )
         return (face_set, face_set.crops)
@@ -76,5 +77,7 @@ class DiffBFRPasteBack:
                 f"PasteBack got {image.shape[0]} images but the face set was detected on {len(faces.image_sizes)}; "
                 "connect the same images that went into DiffBFR Face Detect."
             )
-        out, mask = faces.paste_back(image, faces, restored, color_correction=color_correction, strength=strength)
+        from comfy_diffbfr.faces import paste_back
+
+        out, mask = paste_back(image, faces, restored, color_correction=color_correction, strength=strength)
         return (out, mask)

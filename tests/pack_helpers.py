@@ -1,0 +1,53 @@
+"""Helpers for the node-pack tests: tiny real models, and the pack imported the way ComfyUI does."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from comfy_diffbfr.diffusion.schedules import Schedule
+from comfy_diffbfr.models import save_model
+from comfy_diffbfr.networks.adm_unet import ADMUNet, adm_config
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+STAGE_FILES = {"irm64": "diffbfr_irm64.safetensors", "irm256": "diffbfr_irm256.safetensors", "tem": "diffbfr_tem.safetensors"}
+_CONDITIONS = {"irm64": ["lq"], "irm256": ["prev", "lq"], "tem": []}
+_SIZES = {"irm64": 64, "irm256": 256, "tem": 256}
+
+
+def tiny_model(path: Path, role: str | None, conditions: list[str], *, resolution: int | None, seed: int = 0) -> Path:
+    """A randomly initialised ADM UNet of a few thousand parameters, saved in the native format."""
+    cond = 3 * len(conditions)
+    config = adm_config(
+        in_channels=3 + cond, out_channels=3, model_channels=8, channel_mult=[1, 2], num_res_blocks=1,
+        attention_levels=[False, False], num_head_channels=-1, norm_groups=8, super_res=bool(cond),
+        image_size=resolution or 64,
+    )
+    torch.manual_seed(seed)
+    net = ADMUNet.from_config(config)
+    with torch.no_grad():  # random outputs of a sensible size, not zero-initialised ones
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return save_model(path, net, arch="adm", config=config, role=role, conditions=conditions,
+                      schedule=Schedule.from_name("linear", 100), prediction="eps", resolution=resolution)
+
+
+def stage_models(folder: Path) -> dict[str, Path]:
+    """The three starter-weight file names as tiny models in ``folder`` (the diffbfr model folder)."""
+    return {role: tiny_model(folder / name, role, _CONDITIONS[role], resolution=_SIZES[role])
+            for role, name in STAGE_FILES.items()}
+
+
+def load_pack():
+    """The repo's top-level ``__init__.py`` under a path-shaped module name, as ComfyUI imports it."""
+    name = str(REPO).replace(".", "_x_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
