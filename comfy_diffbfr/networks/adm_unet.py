@@ -32,15 +32,16 @@ from .layers import sinusoidal_embedding, spatial_attention
 #: (guided's 512 preset uses 0.5); ``num_res_blocks`` and ``attention_levels`` have one entry per
 #: level; a head count of -1 means "not used" as in the reference (``num_head_channels=-1``: use
 #: ``num_heads``; ``num_heads_upsample=-1``: same as ``num_heads``); ``learn_sigma`` says the output
-#: holds eps and the variance values (2x the image channels); ``image_size`` is the native
+#: holds eps and the variance values (2x the image channels); ``attention_levels=None`` means
+#: attention only in the middle block; ``image_size`` is the native
 #: resolution if known (informational: the network is fully convolutional).
 DEFAULT_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
     "model_channels": 128,
     "channel_mult": [1, 1, 2, 2, 4, 4],
-    "num_res_blocks": [2, 2, 2, 2, 2, 2],
-    "attention_levels": [False, False, False, False, True, False],
+    "num_res_blocks": 2,
+    "attention_levels": None,
     "dropout": 0.0,
     "conv_resample": True,
     "num_classes": None,
@@ -72,7 +73,8 @@ def adm_config(**overrides: Any) -> dict[str, Any]:
     cfg["channel_mult"] = [int(m) if float(m).is_integer() else float(m) for m in cfg["channel_mult"]]
     nrb = cfg["num_res_blocks"]
     cfg["num_res_blocks"] = [int(nrb)] * levels if isinstance(nrb, int) else [int(n) for n in nrb]
-    cfg["attention_levels"] = list(cfg["attention_levels"])
+    att = cfg["attention_levels"]
+    cfg["attention_levels"] = [False] * levels if att is None else list(att)
     if not all(isinstance(a, bool) for a in cfg["attention_levels"]):
         raise ValueError(f"attention_levels must be one boolean per level, got {cfg['attention_levels']}")
     for key in ("num_res_blocks", "attention_levels"):
@@ -88,6 +90,8 @@ def adm_config(**overrides: Any) -> dict[str, Any]:
             f"a super-resolution net needs in_channels > the {image_channels} image channels, got {cfg['in_channels']}"
         )
     level_ch = _level_channels(cfg)
+    if any(ch % cfg["norm_groups"] for ch in level_ch):
+        raise ValueError(f"level widths {level_ch} must all be multiples of norm_groups={cfg['norm_groups']}")
     nhc = cfg["num_head_channels"]
     # Attention runs at the flagged levels and in the middle block (deepest level).
     for ch in {c for c, a in zip(level_ch, cfg["attention_levels"]) if a} | {level_ch[-1]}:

@@ -1,0 +1,313 @@
+"""openai/guided-diffusion, openai/improved-diffusion and DifFace UNet checkpoints (one key layout).
+
+The structure is read from key names and shapes only (the dict may live on the meta device):
+levels and res blocks per level from the output blocks (a level ends at the block that carries an
+upsampler; with parameter-free resampling, from the gaps the pooling layers leave among the input
+blocks), channel multipliers from the ResBlock widths, attention levels from ``qkv`` keys,
+``resblock_updown`` from ResBlock upsamplers, scale-shift from the width of ``emb_layers``,
+``label_emb`` for class conditioning. The image is taken to be RGB when the output has 3 or 6
+channels, so a 6-channel output is eps + learned variance and a 6-channel input is x + ``low_res``
+(SuperResModel).
+
+What the weights cannot reveal comes from hints (the loader supplies them for recognised public
+files): ``num_heads``, ``num_head_channels``, ``num_heads_upsample``, ``use_new_attention_order``,
+``dropout`` and ``variant``: ``"guided"`` (default), ``"improved"`` (no head width, up/down
+ResBlocks or new attention order) or ``"difface"`` (up-path attention built with one head, i.e.
+``num_heads_upsample=1``; ``attention_resolutions`` in absolute pixels). Without head hints the
+reference constructor's own defaults apply: ``num_heads=1``, ``num_head_channels=-1``.
+
+The other reference constructor arguments are accepted as hints and checked against the weights:
+``image_size`` (also recorded as the native resolution), ``attention_resolutions`` (downsample
+factors, or absolute sizes for DifFace), ``num_res_blocks``, ``channel_mult``, ``model_channels``,
+``in_channels`` (SuperResModel's image channels or the whole input), ``out_channels``,
+``num_classes``, ``use_scale_shift_norm``, ``resblock_updown``, ``conv_resample``, ``learn_sigma``;
+``dims`` must be 2; ``use_checkpoint`` and ``use_fp16`` do not change the weights and are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ...errors import CheckpointError, WrongModelKindError
+from ...networks.adm_unet import ADMUNet, adm_config
+from .base import FormatSpec, StateDict
+
+_REQUIRED_KEYS = ("time_embed.0.weight", "input_blocks.0.0.weight", "middle_block.0.in_layers.0.weight", "out.2.weight")
+_BLOCK_KEY = re.compile(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.+)")
+_VARIANTS = ("guided", "improved", "difface")
+_SET_HINTS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order", "dropout", "variant")
+_CHECKED_HINTS = (
+    "image_size",
+    "attention_resolutions",
+    "num_res_blocks",
+    "channel_mult",
+    "model_channels",
+    "in_channels",
+    "out_channels",
+    "num_classes",
+    "use_scale_shift_norm",
+    "resblock_updown",
+    "conv_resample",
+    "learn_sigma",
+    "dims",
+)
+_IGNORED_HINTS = ("use_checkpoint", "use_fp16")
+KNOWN_HINTS = _SET_HINTS + _CHECKED_HINTS + _IGNORED_HINTS
+
+
+def _kind(suffixes: set[str]) -> str:
+    """What a sub-module of a block is, from its key suffixes."""
+    if any(s.startswith("in_layers.") for s in suffixes):
+        return "res"
+    if any(s.startswith("qkv.") for s in suffixes):
+        return "attn"
+    if any(s.startswith("conv.") for s in suffixes):
+        return "upsample"
+    if any(s.startswith("op.") for s in suffixes):
+        return "downsample"
+    return "unknown"
+
+
+def _block_layout(state_dict: StateDict, which: str) -> dict[int, dict[int, str]]:
+    """block index -> sub-module index -> kind (stem conv: "conv")."""
+    subs: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for key in state_dict:
+        m = _BLOCK_KEY.fullmatch(key)
+        if m and m.group(1) == which:
+            subs[int(m.group(2))][int(m.group(3))].add(m.group(4))
+    layout = {i: {j: _kind(s) for j, s in sorted(sub.items())} for i, sub in sorted(subs.items())}
+    if which == "input_blocks" and 0 in layout:
+        layout[0] = {0: "conv"}
+    return layout
+
+
+def _shape(state_dict: StateDict, key: str) -> tuple[int, ...]:
+    if key not in state_dict:
+        raise CheckpointError(f"ADM UNet checkpoint lacks '{key}': the file is incomplete or of another format")
+    return tuple(state_dict[key].shape)
+
+
+def _levels(state_dict: StateDict) -> tuple[list[list[int]], bool, bool]:
+    """Output-block indices per level (level 0 first), resblock_updown, conv_resample."""
+    out = _block_layout(state_dict, "output_blocks")
+    if not out or sorted(out) != list(range(len(out))) or any(b.get(0) != "res" for b in out.values()):
+        raise CheckpointError("ADM UNet checkpoint: output_blocks are missing or not ResBlock-led; the file is damaged")
+    up_kinds = {kind for b in out.values() for j, kind in b.items() if j > 0 and kind in ("res", "upsample")}
+    if len(up_kinds) > 1:
+        raise CheckpointError("ADM UNet checkpoint mixes ResBlock and conv upsamplers; no known variant does that")
+    groups: list[list[int]] = [[]]  # deepest level first
+    for i in range(len(out)):
+        groups[-1].append(i)
+        if any(j > 0 and kind in ("res", "upsample") for j, kind in out[i].items()):
+            groups.append([])
+    if up_kinds:
+        if not groups[-1]:
+            raise CheckpointError("ADM UNet checkpoint: the last output block carries an upsampler; the file is damaged")
+        return groups[::-1], up_kinds == {"res"}, True
+    # No upsampler keys: one level, or parameter-free resampling (conv_resample=False), whose
+    # average pools leave key-less input blocks between levels.
+    inp = _block_layout(state_dict, "input_blocks")
+    gaps = [i for i in range(1, max(inp) + 1) if i not in inp]
+    counts, run = [], 0
+    for i in range(1, max(inp) + 2):
+        if i in gaps or i == max(inp) + 1:
+            counts.append(run)
+            run = 0
+        else:
+            run += 1
+    groups, start = [], 0
+    for n in counts[::-1]:
+        groups.append(list(range(start, start + n + 1)))
+        start += n + 1
+    if start != len(out):
+        raise CheckpointError("ADM UNet checkpoint: input and output blocks disagree on the levels; the file is damaged")
+    return groups[::-1], False, not gaps
+
+
+def _detect(state_dict: StateDict) -> dict[str, Any]:
+    """Everything the weights reveal, as config entries."""
+    mc = _shape(state_dict, "time_embed.0.weight")[1]
+    in_ch = _shape(state_dict, "input_blocks.0.0.weight")[1]
+    out_ch = _shape(state_dict, "out.2.weight")[0]
+    groups, updown, conv_resample = _levels(state_dict)
+    out_layout = _block_layout(state_dict, "output_blocks")
+    channel_mult, nrb, attention = [], [], []
+    for level, blocks in enumerate(groups):
+        if len(blocks) < 2:
+            raise CheckpointError(f"ADM UNet checkpoint: level {level} has no ResBlock on the input side")
+        widths = {_shape(state_dict, f"output_blocks.{i}.0.in_layers.2.weight")[0] for i in blocks}
+        has_attn = {"attn" in out_layout[i].values() for i in blocks}
+        if len(widths) != 1 or len(has_attn) != 1:
+            raise CheckpointError(f"ADM UNet checkpoint: the blocks of level {level} disagree in width or attention")
+        width = widths.pop()
+        mult = width / mc
+        channel_mult.append(int(mult) if mult.is_integer() else mult)
+        nrb.append(len(blocks) - 1)
+        attention.append(has_attn.pop())
+    emb_width = _shape(state_dict, "middle_block.0.emb_layers.1.weight")[0]
+    mid_width = _shape(state_dict, "middle_block.0.out_layers.3.weight")[0]
+    if out_ch in (3, 6):
+        image_ch = 3  # RGB; 6 outputs = eps + learned variance
+    elif out_ch == 2 * in_ch:
+        image_ch = in_ch
+    else:
+        image_ch = out_ch
+    label = "label_emb.weight"
+    return {
+        "in_channels": in_ch,
+        "out_channels": out_ch,
+        "model_channels": mc,
+        "channel_mult": channel_mult,
+        "num_res_blocks": nrb,
+        "attention_levels": attention,
+        "conv_resample": conv_resample,
+        "num_classes": _shape(state_dict, label)[0] if label in state_dict else None,
+        "use_scale_shift_norm": emb_width == 2 * mid_width,
+        "resblock_updown": updown,
+        "super_res": in_ch > image_ch,
+        "learn_sigma": out_ch == 2 * image_ch,
+    }
+
+
+def _apply_hints(cfg: dict[str, Any], hints: Mapping[str, Any]) -> None:
+    """Set what only hints can say; check the rest against the weights. Raises CheckpointError."""
+    unknown = sorted(set(hints) - set(KNOWN_HINTS))
+    if unknown:
+        raise CheckpointError(f"unknown ADM hint(s) {unknown}; known hints: {sorted(KNOWN_HINTS)}")
+    variant = hints.get("variant", "guided")
+    if variant not in _VARIANTS:
+        raise CheckpointError(f"ADM hint variant={variant!r} is not one of {list(_VARIANTS)}")
+
+    def contradiction(name: str, weights_say: Any) -> CheckpointError:
+        return CheckpointError(
+            f"ADM hint {name}={hints[name]!r} contradicts the weights, which show {weights_say}; "
+            f"drop the hint or pick the matching model"
+        )
+
+    for name in ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order", "dropout"):
+        if name in hints:
+            cfg[name] = hints[name]
+    if variant == "improved":
+        if hints.get("num_head_channels", -1) != -1 or hints.get("use_new_attention_order", False):
+            bad = "num_head_channels" if "num_head_channels" in hints else "use_new_attention_order"
+            raise CheckpointError(f"ADM hint {bad} does not exist in variant 'improved' (improved-diffusion)")
+        if cfg["resblock_updown"]:
+            raise CheckpointError("ADM hint variant='improved' contradicts the weights, which use ResBlock up/downsampling")
+    if variant == "difface":
+        if "num_heads_upsample" in hints and hints["num_heads_upsample"] != 1:
+            raise CheckpointError("ADM hint num_heads_upsample does not exist in variant 'difface' (its up path uses 1 head)")
+        cfg["num_heads_upsample"] = 1
+
+    for name in ("model_channels", "out_channels", "num_classes", "use_scale_shift_norm", "learn_sigma"):
+        if name in hints and hints[name] != cfg[name]:
+            raise contradiction(name, cfg[name])
+    if "resblock_updown" in hints and bool(hints["resblock_updown"]) != cfg["resblock_updown"]:
+        if len(cfg["channel_mult"]) > 1:
+            raise contradiction("resblock_updown", cfg["resblock_updown"])
+        cfg["resblock_updown"] = bool(hints["resblock_updown"])  # one level: nothing to resample
+    if "conv_resample" in hints and bool(hints["conv_resample"]) != cfg["conv_resample"]:
+        if not cfg["resblock_updown"] and len(cfg["channel_mult"]) > 1:
+            raise contradiction("conv_resample", cfg["conv_resample"])
+        cfg["conv_resample"] = bool(hints["conv_resample"])  # unused by the weights: keep what was asked
+    if "dims" in hints and hints["dims"] != 2:
+        raise CheckpointError(f"ADM hint dims={hints['dims']!r}: only 2-D networks are supported")
+    if "in_channels" in hints:
+        image_ch = cfg["out_channels"] // 2 if cfg["learn_sigma"] else cfg["out_channels"]
+        allowed = {cfg["in_channels"]} | ({image_ch} if cfg["super_res"] else set())
+        if hints["in_channels"] not in allowed:
+            raise contradiction("in_channels", f"{cfg['in_channels']} input channels")
+    if "num_res_blocks" in hints:
+        nrb = hints["num_res_blocks"]
+        wanted = [nrb] * len(cfg["num_res_blocks"]) if isinstance(nrb, int) else [int(n) for n in nrb]
+        if wanted != cfg["num_res_blocks"]:
+            raise contradiction("num_res_blocks", cfg["num_res_blocks"])
+    if "channel_mult" in hints:
+        mult = [float(m) for m in hints["channel_mult"]]
+        if mult != [float(m) for m in cfg["channel_mult"]]:
+            raise contradiction("channel_mult", cfg["channel_mult"])
+    if "image_size" in hints:
+        cfg["image_size"] = int(hints["image_size"])
+    if "attention_resolutions" in hints:
+        levels = range(len(cfg["channel_mult"]))
+        if variant == "difface":
+            if cfg["image_size"] is None:
+                raise CheckpointError("ADM hint attention_resolutions of variant 'difface' are absolute sizes: give image_size too")
+            scales = [cfg["image_size"] // 2**level for level in levels]
+        else:
+            scales = [2**level for level in levels]
+        wanted = {int(r) for r in hints["attention_resolutions"]}
+        if [s in wanted for s in scales] != cfg["attention_levels"]:
+            raise contradiction("attention_resolutions", f"attention at levels {cfg['attention_levels']} (scales {scales})")
+
+
+def _check_shapes(net: nn.Module, state_dict: StateDict) -> None:
+    """The inferred network must have exactly the checkpoint's keys and shapes."""
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state_dict.items()}
+    problems = [f"missing {k}" for k in sorted(set(theirs) - set(own))]
+    problems += [f"unexpected {k}" for k in sorted(set(own) - set(theirs))]
+    problems += [f"{k}: file {theirs[k]} vs inferred {own[k]}" for k in sorted(set(own) & set(theirs)) if own[k] != theirs[k]]
+    if problems:
+        raise CheckpointError(
+            f"ADM UNet checkpoint does not fit the structure inferred from it ({len(problems)} problems, e.g. "
+            f"{problems[:3]}); the file is damaged or a variant this loader does not know"
+        )
+
+
+class ADMSpec(FormatSpec):
+    name = "adm"
+
+    def matches(self, state_dict: StateDict) -> bool:
+        return all(k in state_dict for k in _REQUIRED_KEYS)
+
+    def infer_config(self, state_dict: StateDict, hints: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = adm_config(**_detect(state_dict))
+        _apply_hints(cfg, hints)
+        cfg = self._validated(cfg)
+        with torch.device("meta"):
+            _check_shapes(ADMUNet.from_config(cfg), state_dict)
+        return cfg
+
+    @staticmethod
+    def _validated(config: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return adm_config(**config)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"invalid ADM UNet config: {exc}") from exc
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        return ADMUNet.from_config(self._validated(config))
+
+    def prepare_state_dict(self, state_dict: StateDict) -> dict[str, torch.Tensor]:
+        return dict(state_dict)  # the network uses the reference's names
+
+    def call(self, net: nn.Module, x_t: torch.Tensor, t_net: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        cfg = net.config
+        if cfg["num_classes"] is not None:
+            raise WrongModelKindError(
+                "this ADM model is class-conditional (ImageNet labels); face restoration stages cannot supply labels"
+            )
+        if cfg["super_res"] and cond is None:
+            raise WrongModelKindError("this ADM model is a super-resolution model: it needs a condition image")
+        if not cfg["super_res"] and cond is not None:
+            raise WrongModelKindError("this ADM model is unconditional: it cannot take a condition image")
+        return net(x_t, t_net, low_res=cond)
+
+    def io(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = self._validated(config)
+        image_ch = cfg["out_channels"] // 2 if cfg["learn_sigma"] else cfg["out_channels"]
+        return {
+            "in_channels": cfg["in_channels"],
+            "out_channels": cfg["out_channels"],
+            "cond_channels": cfg["in_channels"] - image_ch if cfg["super_res"] else 0,
+            "learned_sigma": cfg["learn_sigma"],
+            "resolution": cfg["image_size"],
+        }
+
+
+SPEC = ADMSpec()
