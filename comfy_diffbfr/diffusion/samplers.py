@@ -61,6 +61,7 @@ def generator_noise(generators: Sequence[torch.Generator], like: torch.Tensor) -
     return draw
 
 
+@torch.no_grad()
 def sample_grid(
     model: DiffusionModel,
     x: torch.Tensor,
@@ -80,7 +81,7 @@ def sample_grid(
     (posterior "small" variance, or the model's learned range) or a DDIM step with ``eta``
     (eps re-derived from the clipped x0), x0 always clipped to [-1, 1]. ``noise()`` is called
     once for every step that adds noise (DDPM, or DDIM with eta > 0, except the step to 0).
-    Returns the final state in ``model_dtype``.
+    Runs without autograd. Returns the final state in ``model_dtype``.
     """
     if sampler not in SAMPLERS:
         raise InvalidParameterError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
@@ -112,6 +113,7 @@ def sample_grid(
     return state.to(in_dtype)
 
 
+@torch.no_grad()
 def truncated_sample(
     model: DiffusionModel,
     start: torch.Tensor,

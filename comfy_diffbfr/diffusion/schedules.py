@@ -6,7 +6,7 @@ for integer n, so abar(n) equals the reference implementations' ``alphas_cumprod
 their discrete step index ``t`` is ``tau = t + 1`` (SR3's ``sqrt_alphas_cumprod_prev`` is exactly
 sqrt(abar) on this axis). Between integers, abar interpolates geometrically: a fractional part f of
 step n+1 applies alpha_{n+1}^f, i.e. log(abar) is piecewise linear. That is continuous, strictly
-monotone and exact at the integers.
+monotone and exact at the integers (there abar returns the stored cumulative product bit for bit).
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ class Schedule:
 
     def _set_alphas_cumprod(self, alphas_cumprod: torch.Tensor) -> None:
         self.alphas_cumprod = alphas_cumprod
-        # log abar at tau = 0..T; interpolated linearly in between.
-        self._log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(alphas_cumprod)])
+        # abar and log abar at tau = 0..T, and the log of each step's alpha (padded for tau = T).
+        self._abar_table = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod])
+        self._log_abar = torch.log(self._abar_table)
+        self._log_alpha = torch.cat([self._log_abar[1:] - self._log_abar[:-1], torch.zeros(1, dtype=torch.float64)])
 
     @classmethod
     def from_name(cls, kind: str, num_timesteps: int, **args: float) -> "Schedule":
@@ -95,11 +97,9 @@ class Schedule:
         tau = torch.as_tensor(tau, dtype=torch.float64)
         if bool(((tau < 0) | (tau > self.num_timesteps)).any()):
             raise InvalidParameterError(f"tau must lie in [0, {self.num_timesteps}], got {tau.tolist()}")
-        lo = tau.floor().clamp(max=self.num_timesteps - 1)
-        frac = tau - lo
-        i = lo.long()
-        log_abar = self._log_abar[i] + frac * (self._log_abar[i + 1] - self._log_abar[i])
-        return log_abar.exp()
+        i = tau.floor().long()
+        # table value times the fractional power of the next alpha: exactly the table at integers
+        return self._abar_table[i] * torch.exp((tau - i) * self._log_alpha[i])
 
     def tau_at(self, abar: torch.Tensor | float) -> torch.Tensor:
         """Inverse of ``abar``: the real time at which the signal level is ``abar`` (float64).
