@@ -1,0 +1,48 @@
+"""Colour correction of restored crops towards the original crops (``[N, 3, H, W]`` in [0, 1])."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DiffBFRError
+
+METHODS = ("none", "wavelet", "adain")
+_WAVELET_LEVELS = 5
+
+
+def adain(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Give every channel of ``x`` the mean and standard deviation of the same channel of ``ref``."""
+    mu_x, sd_x = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+    mu_r, sd_r = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
+    return (x - mu_x) / (sd_x + eps) * sd_r + mu_r
+
+
+def _blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """One à-trous step: a dilated 3x3 binomial blur with edge replication."""
+    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    kernel = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, 3, 3)
+    x = F.pad(x, (dilation,) * 4, mode="replicate")
+    return F.conv2d(x, kernel, dilation=dilation, groups=x.shape[1])
+
+
+def low_frequencies(x: torch.Tensor, levels: int = _WAVELET_LEVELS) -> torch.Tensor:
+    """The residual after ``levels`` à-trous wavelet levels: colour and shading, no detail."""
+    for level in range(levels):
+        x = _blur(x, 2**level)
+    return x
+
+
+def wavelet(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Detail of ``x`` on the colour and shading (lowest wavelet band) of ``ref``."""
+    return x - low_frequencies(x) + low_frequencies(ref)
+
+
+def correct_colors(x: torch.Tensor, ref: torch.Tensor, method: str = "none", strength: float = 1.0) -> torch.Tensor:
+    """``x`` moved towards ``method``'s correction by ``strength`` (0 = unchanged, 1 = fully corrected)."""
+    if method not in METHODS:
+        raise DiffBFRError(f"unknown colour correction {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "none" or strength == 0:
+        return x
+    corrected = adain(x, ref) if method == "adain" else wavelet(x, ref)
+    return (x + strength * (corrected - x)).clamp(0, 1)

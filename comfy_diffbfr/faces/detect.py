@@ -1,0 +1,103 @@
+"""``detect_faces``: photos in, a ``FaceSet`` of aligned crops out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .alignment import crop_face, similarity_to_template, template_points
+from .detectors import get_detector
+from .face_set import Face, FaceSet, ImageBatch, as_image_list
+from .image_io import to_uint8
+from .selection import Selection
+
+MIN_DETECTABLE = 16  # px: no detector finds a face in a smaller photo
+_BAND_ROWS = 256  # rows converted to uint8 at a time, so a huge photo never gets a second float copy
+
+
+def detection_copy(image: torch.Tensor, max_side: int) -> tuple[np.ndarray, float]:
+    """RGB uint8 copy of ``image [H, W, C]`` scaled so its long side is at most ``max_side``, and the scale."""
+    import cv2
+
+    h, w = image.shape[:2]
+    rgb = np.empty((h, w, 3), dtype=np.uint8)
+    for y in range(0, h, _BAND_ROWS):
+        rgb[y : y + _BAND_ROWS] = to_uint8(image[y : y + _BAND_ROWS, :, :3])
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        scale = size[0] / w
+    return rgb, scale
+
+
+def _to_photo(points: np.ndarray, scale: float) -> np.ndarray:
+    # pixel centres: x_small + 0.5 = (x + 0.5) * scale
+    return (np.asarray(points, dtype=np.float64) + 0.5) / scale - 0.5
+
+
+def _aligned_face(image: torch.Tensor, index: int, size: int) -> tuple[Face, torch.Tensor]:
+    """An already aligned crop: the whole picture is the face, resized to ``size``."""
+    h, w = image.shape[:2]
+    sx, sy = size / w, size / h
+    affine = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+    landmarks = (template_points(size) + 0.5) / [sx, sy] - 0.5
+    crop = image[..., :3].permute(2, 0, 1)[None].float()
+    if (h, w) != (size, size):
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    return Face(index, affine, np.array([0.0, 0.0, w - 1.0, h - 1.0]), landmarks, 1.0), crop[0].permute(1, 2, 0)
+
+
+def detect_faces(
+    images: ImageBatch,
+    *,
+    detector: str = "auto",
+    selection: Selection = Selection(),
+    crop_size: int = 512,
+    aligned: bool = False,
+    device: torch.device | str | None = None,
+) -> FaceSet:
+    """Find, select and align the faces of every photo (``[B, H, W, C]`` or a list of differently
+    sized ``[1, H, W, C]``). With ``aligned=True`` each picture already is an aligned face crop."""
+    if crop_size < 8:
+        raise ValueError(f"crop_size must be at least 8, got {crop_size}")
+    batch = as_image_list(images)
+    det = None if aligned else get_detector(detector, device)
+    faces: list[Face] = []
+    crops: list[torch.Tensor] = []
+    notes: dict[int, str] = {}
+    for index, image in enumerate(batch):
+        h, w = image.shape[:2]
+        if aligned:
+            face, crop = _aligned_face(image, index, crop_size)
+            faces.append(face)
+            crops.append(crop)
+            continue
+        raws = []
+        if min(h, w) >= MIN_DETECTABLE:
+            small, scale = detection_copy(image, det.max_side)
+            threshold = det.default_threshold if selection.score_threshold is None else selection.score_threshold
+            raws = det.detect(small, threshold)
+        boxes = np.array([_to_photo(r.box.reshape(2, 2), scale).ravel() for r in raws]).reshape(-1, 4)
+        scores = np.array([r.score for r in raws])
+        kept = selection.apply(boxes, scores, (h, w))
+        if not kept:
+            found = f"{len(raws)} detected, none selected" if raws else "none detected"
+            notes[index] = f"no face to restore in image {index} ({w}x{h}): {found}"
+        for k in kept:
+            landmarks = _to_photo(raws[k].landmarks, scale)
+            affine = similarity_to_template(landmarks, crop_size)
+            faces.append(Face(index, affine, boxes[k], landmarks, raws[k].score))
+            crops.append(crop_face(image, affine, crop_size))
+    stacked = torch.stack(crops) if crops else torch.zeros(0, crop_size, crop_size, 3)
+    return FaceSet(
+        crops=stacked.float().cpu(),
+        faces=faces,
+        image_sizes=[tuple(im.shape[:2]) for im in batch],
+        crop_size=crop_size,
+        detector="aligned" if aligned else det.name,
+        notes=notes,
+    )

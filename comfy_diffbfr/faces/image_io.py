@@ -1,0 +1,134 @@
+"""Reading and writing photos as IMAGE tensors ``[1, H, W, C]`` float32 in ``[0, 1]``.
+
+Photos come as users have them: EXIF-rotated JPEGs, RGBA and palette PNGs, greyscale and 16-bit
+files. Every one becomes RGB (C = 3) or RGB + alpha (C = 4); greyscale is repeated over RGB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import ImageReadError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_EXIF_ORIENTATION = 0x0112
+# The EXIF orientation tag as numpy operations that undo it (same table as PIL.ImageOps.exif_transpose).
+_ORIENT_OPS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Files as given plus the image files inside given folders (sorted, not recursive)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise ImageReadError(f"{path} does not exist: give image files or folders that contain them")
+    return paths
+
+
+def _is_16bit_png(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """The pixels as ``[H, W, C]`` uint8/uint16/float32 plus the EXIF orientation (1 = upright)."""
+    with Image.open(path) as im:
+        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        im.load()
+        if im.mode in ("RGB", "RGBA") and _is_16bit_png(path):
+            # Pillow reads 16-bit colour PNGs as 8-bit; OpenCV keeps all 16 bits.
+            import cv2
+
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if raw is not None:
+                order = [2, 1, 0, 3][: raw.shape[2]]
+                return np.ascontiguousarray(raw[..., order]), orientation
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+            return np.asarray(im).astype(np.uint16)[..., None], orientation
+        if im.mode in ("I", "F"):
+            arr = np.asarray(im).astype(np.float32)
+            peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+            return np.clip(arr / peak, 0, 1)[..., None], orientation
+        has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+        if im.mode in ("L", "LA"):
+            return np.asarray(im), orientation
+        return np.asarray(im.convert("RGBA" if has_alpha else "RGB")), orientation
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        out = arr.astype(np.float32) / 65535.0
+    else:
+        out = arr.astype(np.float32)
+    if out.shape[2] in (1, 2):  # grey (+ alpha): repeat the grey over RGB
+        out = np.concatenate([np.repeat(out[..., :1], 3, axis=2), out[..., 1:]], axis=2)
+    return out
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read a photo as ``[1, H, W, C]`` float32 in [0, 1]: EXIF orientation applied, alpha kept (C = 4)."""
+    path = Path(path)
+    try:
+        arr, orientation = _decode(path)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path} does not exist") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(
+            f"cannot read {path} as an image ({exc}); check that it is a complete PNG, JPEG, WebP, BMP or TIFF file"
+        ) from None
+    if orientation in _ORIENT_OPS:
+        arr = _ORIENT_OPS[orientation](arr)
+    return torch.from_numpy(np.ascontiguousarray(_to_float(arr)))[None]
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``[H, W, C]`` float in [0, 1] to uint8 with rounding (so ``k/255`` comes back as exactly ``k``)."""
+    return (image.clamp(0, 1) * 255.0).round_().to(torch.uint8).cpu().numpy()
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8) -> Path:
+    """Write ``[1, H, W, C]`` or ``[H, W, C]`` (C = 3 or 4) to ``path``; PNG may be 16-bit (``bits=16``)."""
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"save_image expects [H, W, 3 or 4], got {tuple(image.shape)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if bits == 16:
+        import cv2
+
+        arr = (image.clamp(0, 1) * 65535.0).round_().to(torch.int32).cpu().numpy().astype(np.uint16)
+        order = [2, 1, 0, 3][: arr.shape[2]]
+        if path.suffix.lower() != ".png" or not cv2.imwrite(str(path), np.ascontiguousarray(arr[..., order])):
+            raise ValueError(f"cannot write a 16-bit image to {path}: use a .png file name")
+        return path
+    Image.fromarray(to_uint8(image)).save(path, **({"compress_level": 3} if path.suffix.lower() == ".png" else {}))
+    return path
+
+
+__all__ = ["IMAGE_SUFFIXES", "list_images", "load_image", "save_image", "to_uint8"]
