@@ -15,6 +15,15 @@ from comfy_diffbfr.networks.sr3_unet import SR3UNet
 PREFIX = "denoise_fn."
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small networks: one thread is faster than two on a shared CPU, and results are reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def unet_weights(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The UNet part of a GaussianDiffusion state dict (schedule buffers dropped, prefix stripped)."""
     return {k[len(PREFIX):]: v for k, v in raw.items() if k.startswith(PREFIX)}
