@@ -254,8 +254,9 @@ def schedule_from_betas(betas: torch.Tensor) -> Schedule:
     betas = betas.detach().to("cpu", torch.float64).flatten()
     T, first, last = betas.numel(), float(betas[0]), float(betas[-1])
     start, end = float(f"{first:.6g}"), float(f"{last:.6g}")
-    candidates = [("linear_range", {"start": start, "end": end}), ("quad", {"start": start, "end": end}),
-                  ("linear", {}), ("cosine", {})]
+    # guided's "linear" first: it is a linear_range too, and the shorter description
+    candidates = [("linear", {}), ("linear_range", {"start": start, "end": end}), ("cosine", {}),
+                  ("quad", {"start": start, "end": end})]
     for kind, args in candidates:
         named = make_betas(kind, T, **args)
         if torch.allclose(named.float().double(), betas, rtol=1e-6, atol=0.0):
