@@ -254,10 +254,25 @@ def test_contradicting_unknown_and_unsupported_hints(parity_dir):
         ({"attention_head_dim": 12}, "attention_head_dim"),
         ({"time_embedding_type": "fourier"}, "time_embedding_type"),
         ({"down_block_types": ["CrossAttnDownBlock2D"] * 4}, "down_block_types"),
+        ({"downsample_padding": 2}, "downsample_padding"),
+        ({"flip_sin_to_cos": "maybe"}, "flip_sin_to_cos"),
+        ({"act_fn": "gelu"}, "act_fn"),
         ({"num_heads": 4}, "num_heads"),
     ]:
         with pytest.raises(CheckpointError, match=named):
             SPEC.infer_config(state_dict, {**good, **change})
+
+
+def test_matches_only_this_family(parity_dir):
+    root = parity_dir / "diffusers_unet2d" / "unet"
+    state_dict = load_file(root / "diffusion_pytorch_model.safetensors")
+    # A cross-attention UNet (Stable Diffusion's UNet2DConditionModel) shares the outer key names.
+    cross_attention = {**state_dict, "down_blocks.2.attentions.0.transformer_blocks.0.attn1.to_q.weight": torch.zeros(32, 32)}
+    assert not SPEC.matches(cross_attention)
+    sr3 = {"noise_level_mlp.1.weight": torch.zeros(32, 8), "downs.0.weight": torch.zeros(8, 6, 3, 3)}
+    assert not SPEC.matches(sr3)
+    with pytest.raises(CheckpointError, match="not an ermongroup"):
+        SPEC.infer_config(sr3, {})
 
 
 @pytest.mark.parametrize("name,keys", [("ddnm_sdedit_celeba_hq", "keys"), ("diffusers_ddpm_celebahq_256", "keys"),

@@ -122,6 +122,7 @@ def test_contradicting_and_unknown_hints():
         ({"inner_channel": 16}, "inner_channel"),
         ({"channel_multiplier": [1, 4]}, "channel_mults"),
         ({"image_size": 32, "attn_res": [32]}, "attn_res"),
+        ({"norm_groups": "many"}, "norm_groups"),
         ({"num_heads": 2}, "num_heads"),
     ]:
         with pytest.raises(CheckpointError, match=named):

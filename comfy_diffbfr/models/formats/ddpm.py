@@ -45,11 +45,40 @@ _DIFFUSERS_KEYS = ("time_embedding.linear_1.weight", "conv_in.weight", "down_blo
 _INFERRED = ("in_channels", "out_channels", "base_channels", "block_out_channels", "layers_per_block",
              "down_attention", "up_attention", "mid_attention", "time_embedding_dim", "resnet_time_scale_shift",
              "resample_with_conv")
-#: Config entries the weights do not determine, with the DDPM-TF defaults.
-_DEFAULTS: dict[str, Any] = {
-    "freq_shift": 1.0, "flip_sin_to_cos": False, "norm_eps": 1e-6, "downsample_padding": 0,
-    "attention_head_dim": None, "mid_block_scale_factor": 1.0, "center_input_sample": False,
-    "attn_norm_num_groups": None, "dropout": 0.0, "sample_size": None,
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value in (True, False, 0, 1):
+        return bool(value)
+    raise ValueError("expected true or false")
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _padding(value: Any) -> int:
+    if int(value) not in (0, 1):
+        raise ValueError("0 (pad right/bottom, the DDPM-TF convention) or 1 (symmetric) expected")
+    return int(value)
+
+
+def _square_size(size: Any) -> int | None:
+    if isinstance(size, (list, tuple)):
+        return int(size[0]) if len(set(size)) == 1 else None
+    return _optional_int(size)
+
+
+#: Config entries the weights do not determine: DDPM-TF default and how a hint value is read.
+#: ``norm_num_groups=None`` stands for "derived from the widths" (see the module docstring).
+_FREE: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "freq_shift": (1.0, float), "flip_sin_to_cos": (False, _flag), "norm_eps": (1e-6, float),
+    "downsample_padding": (0, _padding), "attention_head_dim": (None, _optional_int),
+    "mid_block_scale_factor": (1.0, float), "center_input_sample": (False, _flag),
+    "norm_num_groups": (None, _optional_int), "attn_norm_num_groups": (None, _optional_int),
+    "dropout": (0.0, float), "sample_size": (None, _square_size),
 }
 #: diffusers config.json entries that only state what this network always is.
 _FIXED: dict[str, tuple[Any, ...]] = {
@@ -81,6 +110,8 @@ class DDPMFormat(FormatSpec):
         return True
 
     def infer_config(self, state_dict: StateDict, hints: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.matches(state_dict):
+            raise CheckpointError("not an ermongroup/ddim Model or diffusers UNet2DModel (DDPM) state dict")
         layout = "diffusers" if "time_embedding.linear_1.weight" in state_dict else "ermongroup"
         sd = self.prepare_state_dict(state_dict)
         config = {"layout": layout, **_structure_from_weights(sd)}
@@ -93,20 +124,20 @@ class DDPMFormat(FormatSpec):
                     raise CheckpointError(
                         f"hint {key}={value!r} contradicts the weights, which give {key}={config[key]!r}; drop the hint"
                     )
-            elif key not in _DEFAULTS and key != "norm_num_groups":
+            elif key not in _FREE:
                 raise CheckpointError(
                     f"unknown hint {key!r} for a DDPM/diffusers UNet2DModel checkpoint; known: "
-                    f"{', '.join(sorted((*_INFERRED, *_DEFAULTS, 'norm_num_groups', *_FIXED, *_IGNORED)))}"
+                    f"{', '.join(sorted((*_INFERRED, *_FREE, *_FIXED, *_IGNORED)))}"
                 )
-        for key, default in _DEFAULTS.items():
-            config[key] = hints.get(key, default)
-        config["freq_shift"] = float(config["freq_shift"])
-        config["mid_block_scale_factor"] = float(config["mid_block_scale_factor"])
-        config["sample_size"] = _square_size(config["sample_size"])
+        for key, (default, read) in _FREE.items():
+            try:
+                config[key] = read(hints[key]) if key in hints else default
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"hint {key}={hints[key]!r} is not valid: {exc}") from exc
 
         norm_widths = [int(v.shape[0]) for k, v in sd.items() if _is_group_norm_weight(k) and not k.startswith("mid.attn_1.")]
-        groups = hints.get("norm_num_groups")
-        config["norm_num_groups"] = int(groups) if groups is not None else largest_dividing_group_count(norm_widths)
+        if config["norm_num_groups"] is None:
+            config["norm_num_groups"] = largest_dividing_group_count(norm_widths)
         _check_divides("norm_num_groups", config["norm_num_groups"], norm_widths)
         _settle_mid_attention_norm(sd, config, "attn_norm_num_groups" in hints)
         attention_widths = [int(v.shape[0]) for k, v in sd.items() if k.endswith(".q.weight")]
@@ -148,7 +179,7 @@ class DDPMFormat(FormatSpec):
 
 def _from_diffusers(state_dict: StateDict) -> dict[str, torch.Tensor]:
     """diffusers UNet2DModel keys -> the network's (ermongroup) keys; attention Linears -> 1x1 convs."""
-    levels = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"down_blocks\.(\d+)\.", k)))
+    levels = 1 + max((int(m.group(1)) for k in state_dict if (m := re.match(r"down_blocks\.(\d+)\.", k))), default=-1)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():
         new = _rename_diffusers_key(key, levels)
@@ -190,6 +221,13 @@ def _sub(prefix: str, names: Mapping[str, str], rest: str) -> str | None:
 
 
 def _structure_from_weights(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    try:
+        return _read_structure(sd)
+    except KeyError as exc:
+        raise CheckpointError(f"DDPM state dict: key {exc} is missing (a damaged or unsupported layout)") from None
+
+
+def _read_structure(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     def count(pattern: str) -> int:
         return len({m.group(1) for k in sd if (m := re.match(pattern, k))})
 
@@ -263,12 +301,17 @@ def _apply_diffusers_only_hints(hints: dict[str, Any], config: Mapping[str, Any]
 
 
 def _comparable(key: str, value: Any, config: Mapping[str, Any]) -> Any:
+    """``value`` read as the type of ``config[key]`` (JSON hints may bring 1 for 1.0, lists for tuples)."""
     current = config[key]
-    if isinstance(current, bool):
-        return bool(value)
-    if isinstance(current, list):
-        return [type(c)(v) for c, v in zip(current, value)] if len(value) == len(current) else list(value)
-    return type(current)(value)
+    try:
+        if isinstance(current, bool):
+            return _flag(value)
+        if isinstance(current, list):
+            items = list(value)
+            return [type(c)(v) for c, v in zip(current, items)] if len(items) == len(current) else items
+        return type(current)(value)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"hint {key}={value!r} is not valid: {exc}") from exc
 
 
 def _settle_mid_attention_norm(sd: Mapping[str, torch.Tensor], config: dict[str, Any], hinted: bool) -> None:
@@ -300,12 +343,6 @@ def _check_divides(name: str, value: Any, widths: list[int]) -> None:
 
 def _is_group_norm_weight(key: str) -> bool:
     return key.endswith((".norm1.weight", ".norm2.weight", ".norm.weight")) or key == "norm_out.weight"
-
-
-def _square_size(size: Any) -> int | None:
-    if isinstance(size, (list, tuple)):
-        return int(size[0]) if len(set(size)) == 1 else None
-    return None if size is None else int(size)
 
 
 SPEC = DDPMFormat()

@@ -23,7 +23,7 @@ Hints (the config's own names, plus the reference's ``channel_multiplier``/``att
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ class SR3Format(FormatSpec):
                     f"unknown SR3 hint {key!r}; known: norm_groups, image_size, attn_res, dropout, {', '.join(_INFERRED)}"
                 )
         for key in _INFERRED:
-            if key in hints and _normalised(hints[key]) != config[key]:
+            if key in hints and _read(key, hints[key], _normalised) != config[key]:
                 raise CheckpointError(
                     f"SR3 hint {key}={hints[key]!r} contradicts the weights, which give {key}={config[key]!r}; drop the hint"
                 )
@@ -61,7 +61,7 @@ class SR3Format(FormatSpec):
             raise CheckpointError("SR3 hint with_noise_level_emb=False contradicts the weights (they have noise_level_mlp)")
 
         norm_channels = sorted({int(v.shape[0]) for k, v in state_dict.items() if _is_group_norm_weight(k)})
-        groups = int(hints.get("norm_groups", largest_dividing_group_count(norm_channels)))
+        groups = _read("norm_groups", hints.get("norm_groups", largest_dividing_group_count(norm_channels)), int)
         bad = [c for c in norm_channels if groups <= 0 or c % groups]
         if bad:
             raise CheckpointError(
@@ -69,12 +69,14 @@ class SR3Format(FormatSpec):
                 "the public SR3 models use 32 (16->128) or 16 (64->512)"
             )
         config["norm_groups"] = groups
-        config["dropout"] = float(hints.get("dropout", 0.0))
-        config["image_size"] = int(hints["image_size"]) if hints.get("image_size") is not None else None
+        config["dropout"] = _read("dropout", hints.get("dropout", 0.0), float)
+        image_size = hints.get("image_size")
+        config["image_size"] = None if image_size is None else _read("image_size", image_size, int)
         if "attn_res" in hints and config["image_size"] is not None:
-            # The reference puts attention at level i when image_size // 2**i is in attn_res.
+            # The reference puts attention at level i when image_size // 2**i is in attn_res (an int is one size).
+            attn_res = _read("attn_res", hints["attn_res"], lambda v: [int(v)] if isinstance(v, (int, float)) else _normalised(v))
             sizes = [config["image_size"] // 2**level for level in range(len(config["channel_mults"]))]
-            if [i for i, size in enumerate(sizes) if size in hints["attn_res"]] != config["attn_levels"]:
+            if [i for i, size in enumerate(sizes) if size in attn_res] != config["attn_levels"]:
                 raise CheckpointError(
                     f"SR3 hint attn_res={hints['attn_res']!r} contradicts the weights, which have attention at "
                     f"resolutions {[sizes[i] for i in config['attn_levels']]} for image_size {config['image_size']}"
@@ -150,6 +152,13 @@ def _is_group_norm_weight(key: str) -> bool:
 
 def _normalised(value: Any) -> Any:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+
+
+def _read(name: str, value: Any, read: Callable[[Any], Any]) -> Any:
+    try:
+        return read(value)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"SR3 hint {name}={value!r} is not valid: {exc}") from exc
 
 
 SPEC = SR3Format()
