@@ -424,6 +424,15 @@ def test_sr3_truncated_start(parity_dir):
     _close(x, s["traj.x_start_from_condition"], STEP_ATOL, "sr3 x_start_from_condition")
 
 
+@pytest.fixture
+def one_thread():
+    """The fixture networks are tiny: one thread avoids oversubscribing the shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _load_fixture_model(parity_dir: Path, folder: str, fixture: dict[str, Any]):
     """The fixture network through the real loader (the trajectory needs the network's outputs)."""
     loader_tests = pytest.importorskip("test_parity_loader", reason="the loader parity helpers are absent")
@@ -432,7 +441,7 @@ def _load_fixture_model(parity_dir: Path, folder: str, fixture: dict[str, Any]):
     return load_model(parity_dir / folder / "weights.safetensors", loader_tests._hints(fixture))
 
 
-def test_sr3_trajectory_with_the_fixture_network(parity_dir):
+def test_sr3_trajectory_with_the_fixture_network(parity_dir, one_thread):
     fixture, s, _ = _load(parity_dir, "sr3")
     model = _load_fixture_model(parity_dir, "sr3", fixture)
     cond = load_file(parity_dir / "sr3" / "inputs.safetensors")["condition"]
@@ -454,7 +463,7 @@ def test_sr3_trajectory_with_the_fixture_network(parity_dir):
 # --- parity: DifFace (respaced p_sample with its fixture network) ----------------------------------
 
 
-def test_difface_spaced_p_sample(parity_dir):
+def test_difface_spaced_p_sample(parity_dir, one_thread):
     fixture, s, ref = _load(parity_dir, "difface")
     kwargs = fixture["diffusion"]["create_gaussian_diffusion_kwargs"]
     sch = Schedule.from_name(kwargs["noise_schedule"], kwargs["steps"])
