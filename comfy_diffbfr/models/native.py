@@ -41,6 +41,7 @@ class NativeMetadata:
     prediction: str
     resolution: int | None
     training: Any
+    rescale_timesteps: bool = False  # our networks take the timestep unscaled (read by the loader)
 
 
 def is_native(metadata: Mapping[str, str]) -> bool:
