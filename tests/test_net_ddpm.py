@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_diffbfr.errors import CheckpointError
+from comfy_diffbfr.models import load_model
 from comfy_diffbfr.models.formats.ddpm import SPEC
 from comfy_diffbfr.networks.ddpm_unet import DDPMUNet
 
@@ -126,44 +127,36 @@ def diffusers_json(config: dict) -> dict:
     }
 
 
-def check_parity(state_dict, hints, x, t, reference) -> torch.nn.Module:
-    assert SPEC.matches(state_dict)
-    config = SPEC.infer_config(state_dict, hints)
-    net = SPEC.build(config).eval()
-    net.load_state_dict(SPEC.prepare_state_dict(state_dict), strict=True)
-    with torch.no_grad():
-        out = net(x, t)
-    assert (out - reference).abs().max().item() <= 1e-4
-    return net
-
-
 def test_ermongroup_parity(parity_dir):
     folder = parity_dir / "ddim_model"
     manifest = json.loads((folder / "fixture.json").read_text())
-    model, image_size = manifest["yaml_style_config"]["model"], manifest["yaml_style_config"]["data"]["image_size"]
+    model_yaml, image_size = manifest["yaml_style_config"]["model"], manifest["yaml_style_config"]["data"]["image_size"]
     inputs = load_file(folder / "inputs.safetensors")
     reference = load_file(folder / "outputs.safetensors")["out_float32"]
-    for state_dict in (torch.load(folder / manifest["checkpoint"]["file"], map_location="cpu", weights_only=True),
-                       load_file(folder / "weights.safetensors")):
+    for path in (folder / manifest["checkpoint"]["file"], folder / "weights.safetensors"):
         # Everything the reference fixes (groups, eps, embedding) is the format's default: no hints.
-        net = check_parity(state_dict, {}, inputs["x"], inputs["timesteps"], reference)
-    config = SPEC.infer_config(state_dict, {})
-    levels = len(model["ch_mult"])
-    attention = [image_size // 2**i in model["attn_resolutions"] for i in range(levels)]
-    assert config["layout"] == "ermongroup"
-    assert config["base_channels"] == model["ch"]
-    assert config["block_out_channels"] == [model["ch"] * m for m in model["ch_mult"]]
-    assert config["layers_per_block"] == model["num_res_blocks"]
-    assert config["down_attention"] == config["up_attention"] == attention
-    assert (config["in_channels"], config["out_channels"]) == (model["in_channels"], model["out_ch"])
-    with torch.no_grad():
-        # Real-valued timesteps at integer values give the integer result; a fractional t differs.
-        as_float = net(inputs["x"], inputs["timesteps"].float())
-        fractional = SPEC.call(net, inputs["x"], inputs["timesteps"].float() + 0.5, None)
-        # No size assertion: half the reference resolution runs too.
-        small = net(inputs["x"][:, :, ::2, ::2], inputs["timesteps"])
-    assert (as_float - reference).abs().max().item() <= 1e-4
-    assert small.shape[-1] == inputs["x"].shape[-1] // 2
+        model = load_model(path)
+        config = model.config
+        levels = len(model_yaml["ch_mult"])
+        attention = [image_size // 2**i in model_yaml["attn_resolutions"] for i in range(levels)]
+        assert model.format == "ddpm" and config["layout"] == "ermongroup"
+        assert config["base_channels"] == model_yaml["ch"]
+        assert config["block_out_channels"] == [model_yaml["ch"] * m for m in model_yaml["ch_mult"]]
+        assert config["layers_per_block"] == model_yaml["num_res_blocks"]
+        assert config["down_attention"] == config["up_attention"] == attention
+        assert (config["in_channels"], config["out_channels"]) == (model_yaml["in_channels"], model_yaml["out_ch"])
+        with torch.no_grad():
+            out = model.net(inputs["x"], inputs["timesteps"])
+            # Real-valued timesteps at integer values give the integer result. (Fractional t is
+            # pinned by the diffusers fixture: the same network.)
+            as_float = SPEC.call(model.net, inputs["x"], inputs["timesteps"].float(), None)
+            # No size assertion: half the reference resolution runs too.
+            small = model.net(inputs["x"][:, :, ::2, ::2], inputs["timesteps"])
+        assert (out - reference).abs().max().item() <= 1e-4
+        assert (as_float - reference).abs().max().item() <= 1e-4
+        assert small.shape[-1] == inputs["x"].shape[-1] // 2
+    # The spec alone, on the raw file, infers what the loader did.
+    assert SPEC.infer_config(load_file(folder / "weights.safetensors"), {}) == config
 
 
 @pytest.mark.parametrize("folder", ["unet", "unet_legacy_bin"])
@@ -171,19 +164,15 @@ def test_ermongroup_parity(parity_dir):
 def test_diffusers_parity(parity_dir, folder, times, output):
     root = parity_dir / "diffusers_unet2d"
     config_json = json.loads((root / folder / "config.json").read_text())
-    weights = next((root / folder).glob("diffusion_pytorch_model.*"))
-    if weights.suffix == ".safetensors":
-        state_dict = load_file(weights)
-    else:
-        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
-    # config.json entries arrive as hints, as the loader passes them ("_" entries are metadata).
-    hints = {k: v for k, v in config_json.items() if not k.startswith("_")}
+    model = load_model(root / folder)  # the loader passes config.json entries to the spec as hints
     inputs = load_file(root / "inputs.safetensors")
     reference = load_file(root / "outputs.safetensors")[output]
-    net = check_parity(state_dict, hints, inputs["x"], inputs[times], reference)
+    with torch.no_grad():
+        out = model.net(inputs["x"], inputs[times])
+    assert (out - reference).abs().max().item() <= 1e-4
 
-    config = SPEC.infer_config(state_dict, hints)
-    assert config["layout"] == "diffusers"
+    config = model.config
+    assert model.format == "ddpm" and config["layout"] == "diffusers"
     for key in ("block_out_channels", "layers_per_block", "freq_shift", "flip_sin_to_cos", "norm_eps", "norm_num_groups",
                 "downsample_padding", "attention_head_dim", "resnet_time_scale_shift", "mid_block_scale_factor"):
         assert config[key] == config_json[key], key
@@ -192,8 +181,8 @@ def test_diffusers_parity(parity_dir, folder, times, output):
     assert SPEC.io(config)["resolution"] == config_json["sample_size"]
     # diffusers accepts one timestep for the whole batch.
     with torch.no_grad():
-        both = net(inputs["x"], inputs[times][0].expand(2))
-        single = net(inputs["x"], inputs[times][0])
+        both = model.net(inputs["x"], inputs[times][0].expand(2))
+        single = model.net(inputs["x"], inputs[times][0])
     assert torch.equal(both, single)
 
 

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_diffbfr.errors import CheckpointError
+from comfy_diffbfr.models import load_model
 from comfy_diffbfr.models.formats.sr3 import SPEC
 from comfy_diffbfr.networks.sr3_unet import SR3UNet
 
@@ -65,32 +66,27 @@ def fixture_dir(parity_dir):
 def test_reference_parity(fixture_dir, source):
     manifest = json.loads((fixture_dir / "fixture.json").read_text())
     kwargs = manifest["unet_constructor_kwargs"]
-    if source == "checkpoint":
-        raw = torch.load(fixture_dir / manifest["checkpoint"]["file"], map_location="cpu", weights_only=True)
-    else:
-        raw = load_file(fixture_dir / "weights.safetensors")
-    state_dict = unet_weights(raw)
-    assert SPEC.matches(state_dict)
-
+    path = fixture_dir / (manifest["checkpoint"]["file"] if source == "checkpoint" else "weights.safetensors")
     # norm_groups is the only thing the weights cannot reveal.
-    config = SPEC.infer_config(state_dict, {"norm_groups": kwargs["norm_groups"]})
-    assert {k: config[k] for k in expected_config(kwargs)} == expected_config(kwargs)
-    net = SPEC.build(config).eval()
-    net.load_state_dict(SPEC.prepare_state_dict(state_dict), strict=True)
+    model = load_model(path, {"norm_groups": kwargs["norm_groups"]})
+    assert model.format == "sr3"
+    assert {k: model.config[k] for k in expected_config(kwargs)} == expected_config(kwargs)
+    # The loader's unwrapping and ours agree: the spec alone infers the same config.
+    raw = load_file(fixture_dir / "weights.safetensors")
+    assert SPEC.infer_config(unet_weights(raw), {"norm_groups": kwargs["norm_groups"]}) == model.config
 
     inputs = load_file(fixture_dir / "inputs.safetensors")
     reference = load_file(fixture_dir / "outputs.safetensors")["eps_float32"]
     with torch.no_grad():
-        out = net(inputs["unet_input"], inputs["noise_level"])
+        out = model.net(inputs["unet_input"], inputs["noise_level"])
         # The format puts the condition first and feeds gamma unchanged; gamma [B] == [B, 1].
-        via_spec = SPEC.call(net, inputs["x_noisy"], inputs["noise_level"][:, 0], inputs["condition"])
+        via_spec = SPEC.call(model.net, inputs["x_noisy"], inputs["noise_level"][:, 0], inputs["condition"])
     # Row 0 is the noise level of integer step t=10, row 1 a continuous value between two steps.
     for row in range(out.shape[0]):
         assert (out[row] - reference[row]).abs().max().item() <= 1e-4
     assert torch.equal(via_spec, out)
-    io = SPEC.io(config)
-    assert io["cond_channels"] == kwargs["in_channel"] - kwargs["out_channel"]
-    assert io["out_channels"] == kwargs["out_channel"] and not io["learned_sigma"]
+    assert model.cond_channels == kwargs["in_channel"] - kwargs["out_channel"]
+    assert model.out_channels == kwargs["out_channel"] and not model.diffusion["learned_sigma"]
 
 
 @pytest.mark.parametrize(
