@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfy_diffbfr.errors import CheckpointError, WrongModelKindError
+from comfy_diffbfr.models import load_model
 from comfy_diffbfr.models.formats.adm import SPEC
 from comfy_diffbfr.networks.adm_unet import ADMUNet, GroupNorm32, adm_config
 
@@ -20,14 +21,13 @@ HEAD_HINTS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_a
 VARIANT_OF_FORMAT = {"difface_unet": "difface", "improved_diffusion_unet": "improved"}
 
 
-def _unwrap(obj: object) -> dict[str, torch.Tensor]:
-    """Trainer wrappers (``state_dict``, ``model``, ``ema``, ``params_ema``) and the DDP ``module.`` prefix."""
-    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        obj = next(obj[k] for k in ("state_dict", "ema", "params_ema", "model") if k in obj)
-    assert isinstance(obj, dict)
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These networks are tiny: extra threads only contend with each other on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _fixture_hints(fixture: dict) -> dict:
@@ -51,21 +51,17 @@ def test_parity_with_reference_outputs(parity_dir: Path, folder: str) -> None:
     runs = [(t, o) for t, o in runs if t in inputs and o in outputs]
     assert runs and ("low_res" in fixture["model_call"]) == (cond is not None)
 
-    checkpoint = torch.load(root / fixture["checkpoint"]["file"], map_location="cpu", weights_only=True)
-    for state_dict in (_unwrap(checkpoint), _unwrap(load_file(root / "weights.safetensors"))):
-        assert SPEC.matches(state_dict)
-        config = SPEC.infer_config(state_dict, hints)
-        assert json.loads(json.dumps(config)) == config
-        net = SPEC.build(config).eval()
-        net.load_state_dict(SPEC.prepare_state_dict(state_dict), strict=True)
-        io = SPEC.io(config)
-        assert io["cond_channels"] == (cond.shape[1] if cond is not None else 0)
-        assert io["learned_sigma"] == (outputs["out_float32"].shape[1] == 2 * inputs["x"].shape[1])
+    for path in (root / fixture["checkpoint"]["file"], root / "weights.safetensors"):
+        model = load_model(path, hints)  # reads safely, unwraps, strips `module.`, asks SPEC
+        assert model.format == "adm"
+        assert json.loads(json.dumps(model.config)) == model.config
+        assert model.cond_channels == (cond.shape[1] if cond is not None else 0)
+        assert model.diffusion["learned_sigma"] == (outputs["out_float32"].shape[1] == 2 * inputs["x"].shape[1])
         for t_name, out_name in runs:
             with torch.no_grad():
-                out = SPEC.call(net, inputs["x"], inputs[t_name], cond)
+                out = SPEC.call(model.net, inputs["x"], inputs[t_name], cond)
             diff = (out - outputs[out_name]).abs().max().item()
-            assert diff <= 1e-4, f"{folder} {t_name}: max abs diff {diff}"
+            assert diff <= 1e-4, f"{path.name} {t_name}: max abs diff {diff}"
 
 
 def _random_config(rng: random.Random) -> tuple[dict, dict]:
@@ -177,6 +173,8 @@ BASE = dict(
         ({"variant": "sr3"}, "variant"),
         ({"num_head_channel": 16}, "num_head_channel"),
         ({"num_heads": 3}, "3 heads"),
+        ({"num_heads": "four"}, "num_heads"),
+        ({"use_new_attention_order": "maybe"}, "use_new_attention_order"),
     ],
 )
 def test_contradicting_or_unknown_hint_is_named(hints: dict, named: str) -> None:
@@ -187,10 +185,12 @@ def test_contradicting_or_unknown_hint_is_named(hints: dict, named: str) -> None
 def test_agreeing_reference_hints_are_accepted() -> None:
     state_dict = _meta_state_dict(**BASE)
     guided = {"image_size": 64, "attention_resolutions": [2, 4], "num_res_blocks": 2, "channel_mult": [1, 2, 2]}
+    scripts = {"attention_resolutions": "2,4", "channel_mult": "", "use_fp16": "false", "num_heads": "2"}
     difface = {"image_size": 64, "attention_resolutions": [32, 16], "variant": "difface"}
     assert SPEC.infer_config(state_dict, guided)["image_size"] == 64
     assert SPEC.infer_config(state_dict, difface)["num_heads_upsample"] == 1
     assert SPEC.io(SPEC.infer_config(state_dict, guided))["resolution"] == 64
+    assert SPEC.infer_config(state_dict, scripts)["num_heads"] == 2
 
 
 def test_damaged_checkpoint_is_refused() -> None:

@@ -40,24 +40,6 @@ from .base import FormatSpec, StateDict
 _REQUIRED_KEYS = ("time_embed.0.weight", "input_blocks.0.0.weight", "middle_block.0.in_layers.0.weight", "out.2.weight")
 _BLOCK_KEY = re.compile(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.+)")
 _VARIANTS = ("guided", "improved", "difface")
-_SET_HINTS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order", "dropout", "variant")
-_CHECKED_HINTS = (
-    "image_size",
-    "attention_resolutions",
-    "num_res_blocks",
-    "channel_mult",
-    "model_channels",
-    "in_channels",
-    "out_channels",
-    "num_classes",
-    "use_scale_shift_norm",
-    "resblock_updown",
-    "conv_resample",
-    "learn_sigma",
-    "dims",
-)
-_IGNORED_HINTS = ("use_checkpoint", "use_fp16")
-KNOWN_HINTS = _SET_HINTS + _CHECKED_HINTS + _IGNORED_HINTS
 
 
 def _kind(suffixes: set[str]) -> str:
@@ -174,18 +156,79 @@ def _detect(state_dict: StateDict) -> dict[str, Any]:
     }
 
 
-def _apply_hints(cfg: dict[str, Any], hints: Mapping[str, Any]) -> None:
-    """Set what only hints can say; check the rest against the weights. Raises CheckpointError."""
-    unknown = sorted(set(hints) - set(KNOWN_HINTS))
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        raise ValueError("expected an integer")
+    return int(value)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError("expected true or false")
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("expected a number")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _as_variant(value: Any) -> str:
+    if value not in _VARIANTS:
+        raise ValueError(f"expected one of {list(_VARIANTS)}")
+    return value
+
+
+def _as_list(value: Any, item: Any) -> list:
+    """A list, a single value or the reference scripts' comma-separated string ("16,8")."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return [item(v) for v in value]
+
+
+_HINT_TYPES: dict[str, Any] = {
+    **dict.fromkeys(("num_heads", "num_head_channels", "num_heads_upsample", "image_size", "model_channels",
+                     "in_channels", "out_channels", "dims"), _as_int),
+    **dict.fromkeys(("use_new_attention_order", "use_scale_shift_norm", "resblock_updown", "conv_resample",
+                     "learn_sigma", "use_checkpoint", "use_fp16"), _as_bool),
+    "dropout": _as_float,
+    "num_classes": lambda v: None if v is None else _as_int(v),
+    "attention_resolutions": lambda v: _as_list(v, _as_int),
+    "num_res_blocks": lambda v: _as_list(v, _as_int),
+    "channel_mult": lambda v: _as_list(v, _as_float),
+    "variant": _as_variant,
+}
+
+
+def _typed_hints(hints: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(hints) - set(_HINT_TYPES))
     if unknown:
-        raise CheckpointError(f"unknown ADM hint(s) {unknown}; known hints: {sorted(KNOWN_HINTS)}")
+        raise CheckpointError(f"unknown ADM hint(s) {unknown}; known hints: {sorted(_HINT_TYPES)}")
+    typed = {}
+    for name, value in hints.items():
+        try:
+            typed[name] = _HINT_TYPES[name](value)
+        except ValueError as exc:
+            raise CheckpointError(f"ADM hint {name}={value!r} is not valid: {exc}") from exc
+    return typed
+
+
+def _apply_hints(cfg: dict[str, Any], raw_hints: Mapping[str, Any]) -> None:
+    """Set what only hints can say; check the rest against the weights. Raises CheckpointError."""
+    hints = _typed_hints(raw_hints)
     variant = hints.get("variant", "guided")
-    if variant not in _VARIANTS:
-        raise CheckpointError(f"ADM hint variant={variant!r} is not one of {list(_VARIANTS)}")
 
     def contradiction(name: str, weights_say: Any) -> CheckpointError:
         return CheckpointError(
-            f"ADM hint {name}={hints[name]!r} contradicts the weights, which show {weights_say}; "
+            f"ADM hint {name}={raw_hints[name]!r} contradicts the weights, which show {weights_say}; "
             f"drop the hint or pick the matching model"
         )
 
@@ -193,45 +236,44 @@ def _apply_hints(cfg: dict[str, Any], hints: Mapping[str, Any]) -> None:
         if name in hints:
             cfg[name] = hints[name]
     if variant == "improved":
-        if hints.get("num_head_channels", -1) != -1 or hints.get("use_new_attention_order", False):
-            bad = "num_head_channels" if "num_head_channels" in hints else "use_new_attention_order"
-            raise CheckpointError(f"ADM hint {bad} does not exist in variant 'improved' (improved-diffusion)")
+        for name, absent in (("num_head_channels", -1), ("use_new_attention_order", False)):
+            if hints.get(name, absent) != absent:
+                raise CheckpointError(f"ADM hint {name} does not exist in variant 'improved' (improved-diffusion)")
         if cfg["resblock_updown"]:
             raise CheckpointError("ADM hint variant='improved' contradicts the weights, which use ResBlock up/downsampling")
     if variant == "difface":
-        if "num_heads_upsample" in hints and hints["num_heads_upsample"] != 1:
+        if hints.get("num_heads_upsample", 1) != 1:
             raise CheckpointError("ADM hint num_heads_upsample does not exist in variant 'difface' (its up path uses 1 head)")
         cfg["num_heads_upsample"] = 1
 
     for name in ("model_channels", "out_channels", "num_classes", "use_scale_shift_norm", "learn_sigma"):
         if name in hints and hints[name] != cfg[name]:
             raise contradiction(name, cfg[name])
-    if "resblock_updown" in hints and bool(hints["resblock_updown"]) != cfg["resblock_updown"]:
-        if len(cfg["channel_mult"]) > 1:
+    multi_level = len(cfg["channel_mult"]) > 1
+    if hints.get("resblock_updown", cfg["resblock_updown"]) != cfg["resblock_updown"]:
+        if multi_level:
             raise contradiction("resblock_updown", cfg["resblock_updown"])
-        cfg["resblock_updown"] = bool(hints["resblock_updown"])  # one level: nothing to resample
-    if "conv_resample" in hints and bool(hints["conv_resample"]) != cfg["conv_resample"]:
-        if not cfg["resblock_updown"] and len(cfg["channel_mult"]) > 1:
+        cfg["resblock_updown"] = hints["resblock_updown"]  # one level: nothing to resample
+    if hints.get("conv_resample", cfg["conv_resample"]) != cfg["conv_resample"]:
+        if multi_level and not cfg["resblock_updown"]:
             raise contradiction("conv_resample", cfg["conv_resample"])
-        cfg["conv_resample"] = bool(hints["conv_resample"])  # unused by the weights: keep what was asked
-    if "dims" in hints and hints["dims"] != 2:
-        raise CheckpointError(f"ADM hint dims={hints['dims']!r}: only 2-D networks are supported")
+        cfg["conv_resample"] = hints["conv_resample"]  # the weights do not use it: keep what was asked
+    if hints.get("dims", 2) != 2:
+        raise CheckpointError(f"ADM hint dims={raw_hints['dims']!r}: only 2-D networks are supported")
     if "in_channels" in hints:
         image_ch = cfg["out_channels"] // 2 if cfg["learn_sigma"] else cfg["out_channels"]
+        # SuperResModel takes the image channels and doubles them itself.
         allowed = {cfg["in_channels"]} | ({image_ch} if cfg["super_res"] else set())
         if hints["in_channels"] not in allowed:
             raise contradiction("in_channels", f"{cfg['in_channels']} input channels")
     if "num_res_blocks" in hints:
         nrb = hints["num_res_blocks"]
-        wanted = [nrb] * len(cfg["num_res_blocks"]) if isinstance(nrb, int) else [int(n) for n in nrb]
-        if wanted != cfg["num_res_blocks"]:
+        if (nrb * len(cfg["num_res_blocks"]) if len(nrb) == 1 else nrb) != cfg["num_res_blocks"]:
             raise contradiction("num_res_blocks", cfg["num_res_blocks"])
-    if "channel_mult" in hints:
-        mult = [float(m) for m in hints["channel_mult"]]
-        if mult != [float(m) for m in cfg["channel_mult"]]:
-            raise contradiction("channel_mult", cfg["channel_mult"])
+    if hints.get("channel_mult") and hints["channel_mult"] != [float(m) for m in cfg["channel_mult"]]:
+        raise contradiction("channel_mult", cfg["channel_mult"])  # empty: the scripts' per-size default
     if "image_size" in hints:
-        cfg["image_size"] = int(hints["image_size"])
+        cfg["image_size"] = hints["image_size"]
     if "attention_resolutions" in hints:
         levels = range(len(cfg["channel_mult"]))
         if variant == "difface":
@@ -240,7 +282,7 @@ def _apply_hints(cfg: dict[str, Any], hints: Mapping[str, Any]) -> None:
             scales = [cfg["image_size"] // 2**level for level in levels]
         else:
             scales = [2**level for level in levels]
-        wanted = {int(r) for r in hints["attention_resolutions"]}
+        wanted = set(hints["attention_resolutions"])
         if [s in wanted for s in scales] != cfg["attention_levels"]:
             raise contradiction("attention_resolutions", f"attention at levels {cfg['attention_levels']} (scales {scales})")
 
