@@ -157,6 +157,10 @@ def test_ermongroup_parity(parity_dir):
         assert small.shape[-1] == inputs["x"].shape[-1] // 2
     # The spec alone, on the raw file, infers what the loader did.
     assert SPEC.infer_config(load_file(folder / "weights.safetensors"), {}) == config
+    # Any parameter dtype works (the float32 sinusoid follows the network's dtype).
+    with torch.no_grad():
+        double = model.net.double()(inputs["x"].double(), inputs["timesteps"])
+    assert (double - load_file(folder / "outputs.safetensors")["out_float64"]).abs().max().item() <= 1e-6
 
 
 @pytest.mark.parametrize("folder", ["unet", "unet_legacy_bin"])

@@ -87,6 +87,10 @@ def test_reference_parity(fixture_dir, source):
     assert torch.equal(via_spec, out)
     assert model.cond_channels == kwargs["in_channel"] - kwargs["out_channel"]
     assert model.out_channels == kwargs["out_channel"] and not model.diffusion["learned_sigma"]
+    # Any parameter dtype works (the float32 noise-level encoding follows the network's dtype).
+    with torch.no_grad():
+        double = model.net.double()(inputs["unet_input"].double(), inputs["noise_level"].double())
+    assert (double - load_file(fixture_dir / "outputs.safetensors")["eps_float64"]).abs().max().item() <= 1e-6
 
 
 @pytest.mark.parametrize(

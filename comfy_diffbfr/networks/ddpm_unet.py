@@ -181,6 +181,7 @@ class DDPMUNet(nn.Module):
                 if down_attention[level]:
                     stage.attn.append(attn(width))
                 skip_channels.append(width)
+            stage.downsample = None
             if level != num_levels - 1:
                 stage.downsample = Downsample(width, with_conv=resample_with_conv, padding=downsample_padding)
                 skip_channels.append(width)
@@ -188,10 +189,9 @@ class DDPMUNet(nn.Module):
 
         self.mid = nn.Module()
         self.mid.block_1 = res(width, width, mid_block_scale_factor)
-        if mid_attention:
-            # diffusers' mid attention has no GroupNorm under scale-shift unless attn_norm_num_groups says so.
-            mid_groups = attn_norm_num_groups or (norm_num_groups if not scale_shift else None)
-            self.mid.attn_1 = attn(width, mid_groups, mid_block_scale_factor)
+        # diffusers' mid attention has no GroupNorm under scale-shift unless attn_norm_num_groups says so.
+        mid_groups = attn_norm_num_groups or (norm_num_groups if not scale_shift else None)
+        self.mid.attn_1 = attn(width, mid_groups, mid_block_scale_factor) if mid_attention else None
         self.mid.block_2 = res(width, width, mid_block_scale_factor)
 
         up_stages: list[nn.Module] = []
@@ -205,8 +205,7 @@ class DDPMUNet(nn.Module):
                 width = out
                 if up_attention[level]:
                     stage.attn.append(attn(width))
-            if level != 0:
-                stage.upsample = Upsample(width, with_conv=resample_with_conv)
+            stage.upsample = Upsample(width, with_conv=resample_with_conv) if level != 0 else None
             up_stages.insert(0, stage)
         self.up = nn.ModuleList(up_stages)
 
@@ -220,18 +219,20 @@ class DDPMUNet(nn.Module):
         if self.center_input_sample:
             x = 2 * x - 1.0
         temb = sinusoidal_embedding(t, self.base_channels, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift)
-        temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
+        # The sinusoid is float32 (as in diffusers); a half- or double-precision network needs its own dtype.
+        dense = self.temb.dense
+        temb = dense[1](F.silu(dense[0](temb.to(dense[0].weight.dtype))))
 
         hs = [self.conv_in(x)]
         for stage in self.down:
             for i, block in enumerate(stage.block):
                 h = block(hs[-1], temb)
                 hs.append(stage.attn[i](h) if len(stage.attn) else h)
-            if hasattr(stage, "downsample"):
+            if stage.downsample is not None:
                 hs.append(stage.downsample(hs[-1]))
 
         h = self.mid.block_1(hs[-1], temb)
-        if hasattr(self.mid, "attn_1"):
+        if self.mid.attn_1 is not None:
             h = self.mid.attn_1(h)
         h = self.mid.block_2(h, temb)
 
@@ -240,6 +241,6 @@ class DDPMUNet(nn.Module):
                 h = block(torch.cat([h, hs.pop()], dim=1), temb)
                 if len(stage.attn):
                     h = stage.attn[i](h)
-            if hasattr(stage, "upsample"):
+            if stage.upsample is not None:
                 h = stage.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

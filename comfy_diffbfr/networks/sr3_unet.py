@@ -178,7 +178,11 @@ class SR3UNet(nn.Module):
         self.final_conv = Block(pre, out_channel, norm_groups)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        emb = self.noise_level_mlp(noise_level)
+        encoding, *mlp = self.noise_level_mlp
+        # The encoding is float32; a half- or double-precision network needs its own dtype.
+        emb = encoding(noise_level).to(mlp[0].weight.dtype)
+        for layer in mlp:
+            emb = layer(emb)
         skips = []
         for layer in self.downs:
             x = layer(x, emb) if isinstance(layer, ResnetBlocWithAttn) else layer(x)
