@@ -236,22 +236,29 @@ def test_contradicting_unknown_and_unsupported_hints(parity_dir):
     root = parity_dir / "diffusers_unet2d" / "unet"
     state_dict = load_file(root / "diffusion_pytorch_model.safetensors")
     good = {k: v for k, v in json.loads((root / "config.json").read_text()).items() if not k.startswith("_")}
-    for change, named in [
-        ({"block_out_channels": [16, 16, 32, 64]}, "block_out_channels"),
-        ({"layers_per_block": 1}, "layers_per_block"),
-        ({"down_block_types": ["DownBlock2D"] * 4}, "down_attention"),
-        ({"up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}, "up_attention"),
-        ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
-        ({"time_embedding_dim": 128}, "time_embedding_dim"),
-        ({"norm_num_groups": 5}, "norm_num_groups"),
-        ({"attention_head_dim": 12}, "attention_head_dim"),
+    config = SPEC.infer_config(state_dict, good)
+    widths = config["block_out_channels"]
+    flip_down = ["DownBlock2D" if t.startswith("Attn") else "AttnDownBlock2D" for t in good["down_block_types"]]
+    flip_up = ["UpBlock2D" if t.startswith("Attn") else "AttnUpBlock2D" for t in good["up_block_types"]]
+    other_shift = {"default": "scale_shift", "scale_shift": "default"}[config["resnet_time_scale_shift"]]
+    cases = [
+        ({"block_out_channels": [2 * w for w in widths]}, "block_out_channels"),
+        ({"layers_per_block": config["layers_per_block"] + 1}, "layers_per_block"),
+        ({"down_block_types": flip_down}, "down_attention"),
+        ({"up_block_types": flip_up}, "up_attention"),
+        ({"resnet_time_scale_shift": other_shift}, "resnet_time_scale_shift"),
+        ({"time_embedding_dim": config["time_embedding_dim"] + 1}, "time_embedding_dim"),
+        ({"norm_num_groups": min(widths) + 1}, "norm_num_groups"),  # cannot divide the narrowest GroupNorm
         ({"time_embedding_type": "fourier"}, "time_embedding_type"),
-        ({"down_block_types": ["CrossAttnDownBlock2D"] * 4}, "down_block_types"),
+        ({"down_block_types": ["CrossAttnDownBlock2D"] * len(widths)}, "down_block_types"),
         ({"downsample_padding": 2}, "downsample_padding"),
         ({"flip_sin_to_cos": "maybe"}, "flip_sin_to_cos"),
         ({"act_fn": "gelu"}, "act_fn"),
         ({"num_heads": 4}, "num_heads"),
-    ]:
+    ]
+    if config["mid_attention"] or any(config["down_attention"] + config["up_attention"]):
+        cases.append(({"attention_head_dim": widths[-1] + 1}, "attention_head_dim"))  # wider than any attention
+    for change, named in cases:
         with pytest.raises(CheckpointError, match=named):
             SPEC.infer_config(state_dict, {**good, **change})
 
