@@ -185,7 +185,7 @@ def test_diffusers_parity(parity_dir, folder, times, output):
     assert SPEC.io(config)["resolution"] == config_json["sample_size"]
     # diffusers accepts one timestep for the whole batch.
     with torch.no_grad():
-        both = model.net(inputs["x"], inputs[times][0].expand(2))
+        both = model.net(inputs["x"], inputs[times][0].expand(inputs["x"].shape[0]))
         single = model.net(inputs["x"], inputs[times][0])
     assert torch.equal(both, single)
 
