@@ -204,8 +204,9 @@ def _diffusion_settings(
     given = {k: hints[k] for k in DIFFUSION_HINTS if k in hints}
     settings.update(given)
     schedule_hinted = any(k in given for k in ("num_timesteps", "noise_schedule", "beta_start", "beta_end"))
-    if "betas" in ckpt.buffers and not schedule_hinted:
-        schedule = schedule_from_betas(ckpt.buffers["betas"])
+    stored_betas = ckpt.buffers.get("betas")
+    if stored_betas is not None and not stored_betas.is_meta and not schedule_hinted:  # meta: shapes only
+        schedule = schedule_from_betas(stored_betas)
     elif "noise_schedule" in settings and "num_timesteps" in settings:
         schedule = _named_schedule(settings, ckpt.path)
     else:
