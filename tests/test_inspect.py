@@ -141,3 +141,13 @@ def test_python_dash_m_inspect(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "format:            adm" in done.stdout and "parameters:" in done.stdout
+
+
+def test_manifest_agrees_with_the_recognition_table():
+    manifest = json.loads((REPO / "weights" / "manifest.json").read_text())["checkpoints"]
+    by_name = {c: entry for entry in public_checkpoints() for c in entry.names}
+    assert sorted(m["name"] for m in manifest) == sorted(by_name)
+    for m in manifest:
+        entry = by_name[m["name"]]
+        assert (m["format"], m["stage"]) == (entry.format, entry.role), m["name"]
+        assert m["file"] and m["repo"] and m["licence"] and "sha256" in m
