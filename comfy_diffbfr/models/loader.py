@@ -116,8 +116,6 @@ def describe(ckpt: Checkpoint, hints: Mapping[str, Any] | None = None) -> ModelI
         return _describe_native(ckpt, hints)
     fmt, spec = _detect_format(ckpt)
     public = signatures.recognise(ckpt.state_dict)
-    if public is not None and public.format != fmt:
-        public = None  # same layout fingerprint, other family: cannot happen for the known files
     spec_hints = {k: v for k, v in hints.items() if k not in DIFFUSION_HINTS + USE_HINTS}
     base_hints = dict(public.hints) if public else {}
     if ckpt.diffusers_config is not None:
