@@ -9,6 +9,8 @@ copied, so they are bit-identical to the input.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from .color import correct_colors
 from .face_set import FaceSet, ImageBatch, as_image_list
 from .parsing import parsing_available, parsing_masks
-from .warp import footprint, pixel_grid, sample
+from .warp import footprint, invert_affine, resample, shifted
 
 ERODE = 0.03  # of the crop size: weight 0 on this outer band (resampling edge, grey border)
 FEATHER = 0.08  # of the crop size: then a smooth ramp up to 1
@@ -54,20 +56,30 @@ def _clusters(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _prepared_crops(face_set: FaceSet, restored: torch.Tensor, rows: list[int], color_correction: str,
-                    strength: float, use_parsing: bool, device: torch.device) -> torch.Tensor:
-    """``[n, 4, h, w]``: colour-corrected restored crops of ``rows`` with their weight as 4th channel."""
-    x = restored[rows].to(device).permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    if color_correction != "none":
-        ref = face_set.crops[rows].to(device).permute(0, 3, 1, 2).float()
-        if ref.shape[-2:] != (h, w):
-            ref = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        x = correct_colors(x, ref, color_correction, strength)
-    weight = edge_mask(h, w, device).expand(len(rows), 1, h, w)
-    if use_parsing:
-        weight = weight * parsing_masks(x)
-    return torch.cat([x.clamp(0, 1), weight], dim=1)
+@dataclass
+class _CropPreparer:
+    """Makes one face's ``[4, h, w]`` crop (colour-corrected RGB + weight) when it is needed, so
+    that only one large crop at a time is in memory."""
+
+    face_set: FaceSet
+    restored: torch.Tensor
+    color_correction: str
+    strength: float
+    use_parsing: bool
+    device: torch.device
+
+    def __call__(self, row: int) -> torch.Tensor:
+        x = self.restored[row : row + 1].to(self.device).permute(0, 3, 1, 2).float()
+        h, w = x.shape[-2:]
+        if self.color_correction != "none":
+            ref = self.face_set.crops[row : row + 1].to(self.device).permute(0, 3, 1, 2).float()
+            if ref.shape[-2:] != (h, w):
+                ref = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            x = correct_colors(x, ref, self.color_correction, self.strength)
+        weight = edge_mask(h, w, self.device)[None]
+        if self.use_parsing:
+            weight = weight * parsing_masks(x)
+        return torch.cat([x.clamp(0, 1), weight], dim=1)[0]
 
 
 def paste_back(
@@ -99,6 +111,7 @@ def paste_back(
     if use_parsing is None:
         use_parsing = parsing_available()
     rh, rw = restored.shape[1:3]
+    prepare = _CropPreparer(face_set, restored, color_correction, strength, use_parsing, device)
     to_restored = np.diag([rw / face_set.crop_size, rh / face_set.crop_size])
 
     outputs, masks = [], []
@@ -107,17 +120,17 @@ def paste_back(
         mask = torch.zeros(image.shape[:2], dtype=torch.float32)
         rows = face_set.indices_of(index)
         if rows:
-            crops = _prepared_crops(face_set, restored, rows, color_correction, strength, use_parsing, device)
             # image -> restored-crop pixel centres: scale the crop_size matrix about the pixel centres
             affines = []
             for r in rows:
                 a = to_restored @ face_set.faces[r].affine
                 a[:, 2] += 0.5 * (np.diag(to_restored) - 1)
                 affines.append(a)
-            boxes = [footprint(np.linalg.inv(np.vstack([a, [0, 0, 1]]))[:2], rw, rh, (image.shape[1], image.shape[0])) for a in affines]
+            boxes = [footprint(invert_affine(a), rw, rh, (image.shape[1], image.shape[0])) for a in affines]
             present = [k for k, b in enumerate(boxes) if b is not None]
             for group in _clusters([boxes[k] for k in present]):
-                _blend_group(out, mask, crops, affines, boxes, [present[g] for g in group], device)
+                members = [present[g] for g in group]
+                _blend_group(out, mask, [(prepare(rows[k]), affines[k], boxes[k]) for k in members], device)
         outputs.append(out)
         masks.append(mask)
     if isinstance(images, torch.Tensor):
@@ -125,21 +138,20 @@ def paste_back(
     return [o[None] for o in outputs], [m[None] for m in masks]
 
 
-def _blend_group(out: torch.Tensor, mask: torch.Tensor, crops: torch.Tensor, affines: list[np.ndarray],
-                 boxes: list[tuple[int, int, int, int]], members: list[int], device: torch.device) -> None:
-    """Blend the faces ``members`` (whose boxes overlap) into ``out``; each face is sampled only
-    inside its own box and accumulated into buffers that span the group's box."""
-    x0 = min(boxes[k][0] for k in members)
-    y0 = min(boxes[k][1] for k in members)
-    x1 = max(boxes[k][2] for k in members)
-    y1 = max(boxes[k][3] for k in members)
+def _blend_group(out: torch.Tensor, mask: torch.Tensor, faces: list[tuple[torch.Tensor, np.ndarray, tuple]],
+                 device: torch.device) -> None:
+    """Blend overlapping ``faces`` (prepared crop, image -> crop matrix, box) into ``out``; each face is
+    sampled only inside its own box, into buffers that span the group's box."""
+    x0 = min(box[0] for _, _, box in faces)
+    y0 = min(box[1] for _, _, box in faces)
+    x1 = max(box[2] for _, _, box in faces)
+    y1 = max(box[3] for _, _, box in faces)
     colour_sum = torch.zeros(3, y1 - y0, x1 - x0, device=device)
     weight_sum = torch.zeros(1, y1 - y0, x1 - x0, device=device)
     untouched = torch.ones(1, y1 - y0, x1 - x0, device=device)  # product of (1 - w): how much photo remains
-    for k in members:
-        bx0, by0, bx1, by1 = boxes[k]
-        warped = sample(crops[k], pixel_grid(bx0, by0, bx1, by1, affines[k], device))
-        w = warped[3:].clamp(0, 1)
+    for crop, affine, (bx0, by0, bx1, by1) in faces:
+        warped = resample(crop, shifted(affine, bx0, by0), (by1 - by0, bx1 - bx0))
+        w = warped[3:].clamp_(0, 1)
         sl = (slice(None), slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
         colour_sum[sl] += warped[:3] * w
         weight_sum[sl] += w

@@ -34,27 +34,31 @@ def footprint(affine: np.ndarray, width: int, height: int, bounds: tuple[int, in
     return x0, y0, x1, y1
 
 
-def pixel_grid(
-    x0: int, y0: int, x1: int, y1: int, affine: np.ndarray, device: torch.device, origin: tuple[int, int] = (0, 0)
-) -> torch.Tensor:
-    """``[y1-y0, x1-x0, 2]`` coordinates ``affine @ (x, y, 1) - origin`` of the pixel centres of a box (float32)."""
-    a = np.asarray(affine, dtype=np.float64).copy()
-    a[:, 2] -= origin
-    a = torch.as_tensor(a, device=device)
-    xs = torch.arange(x0, x1, device=device, dtype=torch.float64)
-    ys = torch.arange(y0, y1, device=device, dtype=torch.float64)
-    gx = a[0, 0] * xs[None, :] + a[0, 1] * ys[:, None] + a[0, 2]
-    gy = a[1, 0] * xs[None, :] + a[1, 1] * ys[:, None] + a[1, 2]
-    return torch.stack([gx, gy], dim=-1).float()
+def _pixel_to_normalised(size: int) -> np.ndarray:
+    """1-D map pixel -> grid_sample coordinate (align_corners=False), as (scale, offset)."""
+    return np.array([2.0 / size, 1.0 / size - 1.0])
 
 
-def sample(src: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Sample ``src [C, h, w]`` at pixel coordinates ``coords [H, W, 2]`` (x, y); outside is 0. Returns ``[C, H, W]``."""
+def resample(src: torch.Tensor, out_to_src: np.ndarray, out_size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Sample ``src [C, h, w]`` at ``out_to_src @ (x, y, 1)`` for every pixel of an ``out_size = (H, W)``
+    output; beyond ``src`` counts as 0. Returns ``[C, H, W]`` float32. One ``affine_grid`` + ``grid_sample``."""
     h, w = src.shape[-2:]
-    scale = torch.tensor([2.0 / w, 2.0 / h], device=coords.device)
-    grid = (coords + 0.5) * scale - 1.0  # pixel centres -> align_corners=False normalised coordinates
-    out = F.grid_sample(src[None].to(coords.dtype), grid[None], mode=mode, padding_mode="zeros", align_corners=False)
-    return out[0]
+    out_h, out_w = out_size
+    # normalised output -> output pixels -> source pixels -> normalised source
+    sx, ox = _pixel_to_normalised(w)
+    sy, oy = _pixel_to_normalised(h)
+    to_norm = np.array([[sx, 0, ox], [0, sy, oy], [0, 0, 1]])
+    from_norm = np.array([[out_w / 2.0, 0, (out_w - 1) / 2.0], [0, out_h / 2.0, (out_h - 1) / 2.0], [0, 0, 1]])
+    theta = (to_norm @ np.vstack([out_to_src, [0, 0, 1]]) @ from_norm)[:2]
+    theta_t = torch.as_tensor(theta, dtype=torch.float32, device=src.device)[None]
+    grid = F.affine_grid(theta_t, [1, 1, out_h, out_w], align_corners=False)
+    return F.grid_sample(src[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+
+
+def shifted(affine: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """``affine`` applied to ``(x + dx, y + dy)``: moves a matrix to a box whose origin is ``(dx, dy)``."""
+    a = np.asarray(affine, dtype=np.float64)
+    return np.hstack([a[:, :2], (a[:, 2] + a[:, :2] @ [dx, dy])[:, None]])
 
 
 def warp_into(image: torch.Tensor, affine: np.ndarray, size: tuple[int, int], border: torch.Tensor) -> torch.Tensor:
@@ -64,14 +68,14 @@ def warp_into(image: torch.Tensor, affine: np.ndarray, size: tuple[int, int], bo
     out_h, out_w = size
     inverse = invert_affine(affine)
     box = footprint(inverse, out_w, out_h, (width, height))
+    border = border.to(image.device, torch.float32)
     if box is None:
-        return border.to(image.device, image.dtype).expand(out_h, out_w, -1).clone()
+        return border.expand(out_h, out_w, -1).clone().to(image.dtype)
     x0, y0, x1, y1 = box
-    region = image[y0:y1, x0:x1].permute(2, 0, 1).float()
-    ones = torch.ones_like(region[:1])
-    coords = pixel_grid(0, 0, out_w, out_h, inverse, image.device, origin=(x0, y0))
-    sampled = sample(torch.cat([region, ones]), coords)
-    # Like OpenCV, pixels beyond the photo count as the border colour inside the interpolation.
-    colour, inside = sampled[:-1], sampled[-1:]
-    out = colour + (1.0 - inside) * border.to(image.device).float()[:, None, None]
-    return out.permute(1, 2, 0).to(image.dtype)
+    # Like OpenCV, pixels beyond the photo count as the border colour inside the interpolation:
+    # bilinear weights sum to 1, so sampling (photo - border) with zeros outside and adding the
+    # border back gives exactly that.
+    region = image[y0:y1, x0:x1].permute(2, 0, 1).float() - border[:, None, None]
+    to_region = inverse - np.array([[0, 0, x0], [0, 0, y0]])
+    out = resample(region, to_region, (out_h, out_w))
+    return (out + border[:, None, None]).permute(1, 2, 0).to(image.dtype)

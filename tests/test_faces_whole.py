@@ -1,0 +1,57 @@
+"""The offline detector and the `none` round trip on every whole photo of ../shared/faces/whole.
+
+One pass over the photos (session fixture) serves both tests: detection runs once per photo."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from comfy_diffbfr.commands.restore import restore_images
+from comfy_diffbfr.faces import load_image
+
+
+@pytest.fixture(scope="session")
+def whole_results(faces_dir):
+    pytest.importorskip("dlib")
+    torch.set_num_threads(2)
+    rows = [r for r in csv.DictReader(open(faces_dir / "manifest.csv")) if r["kind"] == "whole"]
+    results = []
+    for row in rows:
+        image = load_image(faces_dir / "whole" / row["file"])
+        (res,) = restore_images(image, stages="none", detector="dlib")
+        mse = ((res.image - image)[..., :3] ** 2).mean().item()
+        outside = res.mask[0] == 0
+        results.append({
+            "file": row["file"],
+            "counted": int(row["faces"]),
+            "detected": res.faces,
+            "psnr": 10 * math.log10(1 / mse) if mse > 0 else math.inf,
+            "outside_identical": torch.equal(res.image[0][outside], image[0][outside]),
+            "alpha_kept": image.shape[-1] == 3 or torch.equal(res.image[..., 3], image[..., 3]),
+            "pasted": bool((res.mask > 0).any()),
+        })
+    return results
+
+
+def test_offline_detector_finds_90_percent_with_few_extras(whole_results):
+    counted = sum(r["counted"] for r in whole_results)
+    found = sum(min(r["counted"], r["detected"]) for r in whole_results)
+    extra = sum(max(0, r["detected"] - r["counted"]) for r in whole_results)
+    print(f"\ndlib on {len(whole_results)} whole photos: found {found}/{counted} ({found / counted:.1%}), "
+          f"extra {extra} ({extra / counted:.1%})")
+    assert found >= 0.90 * counted
+    assert extra <= 0.05 * counted
+
+
+def test_round_trip_none_is_lossless_outside_the_mask(whole_results):
+    worst = min(whole_results, key=lambda r: r["psnr"])
+    print(f"\nround trip on {len(whole_results)} photos: worst PSNR {worst['psnr']:.2f} dB ({worst['file']})")
+    for r in whole_results:
+        assert r["psnr"] >= 35.0, r
+        assert r["outside_identical"], r
+        assert r["alpha_kept"], r
+        assert r["pasted"] == (r["detected"] > 0), r
