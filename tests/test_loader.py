@@ -200,3 +200,40 @@ def test_fp16_weights_load_as_float32(tmp_path):
     ref = net.state_dict()["out.2.weight"].half().float()
     assert torch.equal(m.net.state_dict()["out.2.weight"], ref)
 
+
+
+def test_diffusers_scheduler_config_sets_the_diffusion(parity_dir, tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(parity_dir / "diffusers_unet2d" / "unet", tmp_path / "pipe" / "unet")
+    (tmp_path / "pipe" / "scheduler").mkdir()
+    config = {"_class_name": "DDPMScheduler", "num_train_timesteps": 500, "beta_schedule": "scaled_linear",
+              "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction"}
+    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    m = load_model(tmp_path / "pipe")
+    assert (m.format, m.diffusion["prediction"], m.diffusion["num_timesteps"]) == ("ddpm", "v", 500)
+    assert torch.equal(m.schedule.betas, make_betas("quad", 500, start=0.00085, end=0.012))
+    assert m.wrapping == ["diffusers folder (diffusion_pytorch_model.safetensors)"]
+    config["beta_schedule"] = "sigmoid"
+    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="beta_schedule 'sigmoid'"):
+        load_model(tmp_path / "pipe" / "unet")  # the scheduler beside unet/ is found too
+
+
+def test_ermongroup_training_checkpoint_loads_its_ema(tmp_path):
+    from comfy_diffbfr.networks.ddpm_unet import DDPMUNet
+
+    def tiny(seed: int) -> DDPMUNet:
+        torch.manual_seed(seed)
+        return DDPMUNet(in_channels=3, out_channels=3, base_channels=32, block_out_channels=[32, 64], layers_per_block=1,
+                        down_attention=[False, True], up_attention=[False, True]).eval()
+
+    model, ema = tiny(0), tiny(1)
+    ddp = lambda net: {f"module.{k}": v for k, v in net.state_dict().items()}  # noqa: E731
+    torch.save([ddp(model), {"state": {}, "param_groups": []}, 10, 5000, ddp(ema)], tmp_path / "ckpt.pth")
+    m = load_model(tmp_path / "ckpt.pth")
+    assert m.format == "ddpm" and m.schedule.name == "linear_range" and m.schedule.args == {"start": 1e-4, "end": 0.02}
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m.predict(x, 101.0), ema(x, torch.tensor([100.0])), rtol=0, atol=1e-5)
