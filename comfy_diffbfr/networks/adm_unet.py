@@ -93,12 +93,13 @@ def adm_config(**overrides: Any) -> dict[str, Any]:
     if any(ch % cfg["norm_groups"] for ch in level_ch):
         raise ValueError(f"level widths {level_ch} must all be multiples of norm_groups={cfg['norm_groups']}")
     nhc = cfg["num_head_channels"]
-    # Attention runs at the flagged levels and in the middle block (deepest level).
-    for ch in {c for c, a in zip(level_ch, cfg["attention_levels"]) if a} | {level_ch[-1]}:
-        for upsample in (False, True):
-            heads = _heads(cfg, ch, upsample=upsample)
-            if heads < 1 or ch % heads or (nhc != -1 and ch % nhc):
-                raise ValueError(f"{ch} attention channels cannot be split into {heads} heads (num_head_channels {nhc})")
+    # Attention runs at the flagged levels (down and up paths) and in the middle block.
+    flagged = [c for c, a in zip(level_ch, cfg["attention_levels"]) if a]
+    uses = [(c, False) for c in [*flagged, level_ch[-1]]] + [(c, True) for c in flagged]
+    for ch, upsample in uses:
+        heads = _heads(cfg, ch, upsample=upsample)
+        if heads < 1 or ch % heads or (nhc != -1 and ch % nhc):
+            raise ValueError(f"{ch} attention channels cannot be split into {heads} heads (num_head_channels {nhc})")
     return cfg
 
 

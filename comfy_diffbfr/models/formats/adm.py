@@ -22,6 +22,8 @@ factors, or absolute sizes for DifFace), ``num_res_blocks``, ``channel_mult``, `
 ``in_channels`` (SuperResModel's image channels or the whole input), ``out_channels``,
 ``num_classes``, ``use_scale_shift_norm``, ``resblock_updown``, ``conv_resample``, ``learn_sigma``;
 ``dims`` must be 2; ``use_checkpoint`` and ``use_fp16`` do not change the weights and are ignored.
+Lists may also be given as the reference scripts' comma-separated strings ("16,8"); an empty
+``channel_mult`` (the scripts' per-size default) is not checked.
 """
 
 from __future__ import annotations
@@ -93,22 +95,17 @@ def _levels(state_dict: StateDict) -> tuple[list[list[int]], bool, bool]:
         return groups[::-1], up_kinds == {"res"}, True
     # No upsampler keys: one level, or parameter-free resampling (conv_resample=False), whose
     # average pools leave key-less input blocks between levels.
-    inp = _block_layout(state_dict, "input_blocks")
-    gaps = [i for i in range(1, max(inp) + 1) if i not in inp]
-    counts, run = [], 0
-    for i in range(1, max(inp) + 2):
-        if i in gaps or i == max(inp) + 1:
-            counts.append(run)
-            run = 0
-        else:
-            run += 1
-    groups, start = [], 0
-    for n in counts[::-1]:
-        groups.append(list(range(start, start + n + 1)))
-        start += n + 1
-    if start != len(out):
+    present = _block_layout(state_dict, "input_blocks")
+    last = max(present)
+    gaps = [i for i in range(1, last + 1) if i not in present]
+    bounds = [0, *gaps, last + 1]
+    end, groups = len(out), []
+    for res_blocks in (b - a - 1 for a, b in zip(bounds, bounds[1:])):  # level 0 first
+        groups.append(list(range(end - res_blocks - 1, end)))
+        end -= res_blocks + 1
+    if end != 0:
         raise CheckpointError("ADM UNet checkpoint: input and output blocks disagree on the levels; the file is damaged")
-    return groups[::-1], False, not gaps
+    return groups, False, not gaps
 
 
 def _detect(state_dict: StateDict) -> dict[str, Any]:
