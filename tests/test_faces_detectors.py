@@ -1,0 +1,131 @@
+"""Detectors: RetinaFace offline with random weights in the model folder, weight lookup and download
+messages (no network), `auto`, dlib's 68 -> 5 points."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_diffbfr.errors import WeightsMissingError
+from comfy_diffbfr.faces import Selection, detect_faces, load_image, weights
+from comfy_diffbfr.faces.alignment import template_points
+from comfy_diffbfr.faces.detectors import get_detector, reduce_68_to_5, resolve_name
+
+
+@pytest.fixture
+def model_folder():
+    folder = weights.model_dirs(weights.KIND)[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    before = set(folder.iterdir())
+    yield folder
+    for path in set(folder.iterdir()) - before:
+        path.unlink()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(url, target):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(weights, "_download", refuse)
+
+
+def _random_retinaface(variant: str, folder) -> dict:
+    from facexlib.detection.retinaface import RetinaFace
+
+    torch.manual_seed(0)
+    net = RetinaFace(network_name="resnet50" if variant.endswith("resnet50") else "mobile0.25", device="cpu")
+    state = {"module." + k: v for k, v in net.state_dict().items()}  # as the released files store it
+    torch.save(state, folder / weights.WEIGHTS[variant].name)
+    return state
+
+
+@pytest.mark.parametrize("variant", ["retinaface_mobilenet", "retinaface_resnet50"])
+def test_retinaface_runs_offline_with_weights_from_the_model_folder(variant, model_folder, no_network):
+    state = _random_retinaface(variant, model_folder)
+    detector = get_detector(variant, "cpu")
+    for name, value in detector._net.state_dict().items():
+        assert torch.equal(value, state["module." + name]), name
+    photo = torch.rand(2, 96, 128, 3)
+    # random weights score anything; threshold 0 guarantees candidates, so the whole path runs
+    fs = detect_faces(photo, detector=variant, selection=Selection(score_threshold=0.0, max_count=3), crop_size=64)
+    assert fs.detector == variant and fs.image_sizes == [(96, 128), (96, 128)]
+    assert len(fs) == 6 and fs.crops.shape == (6, 64, 64, 3)
+    assert sorted({f.image_index for f in fs.faces}) == [0, 1]
+    for face in fs.faces:
+        assert face.landmarks.shape == (5, 2) and face.box.shape == (4,) and face.affine.shape == (2, 3)
+
+
+def test_auto_prefers_retinaface_weights_else_dlib(model_folder):
+    pytest.importorskip("dlib")
+    assert resolve_name("auto") == "dlib"
+    (model_folder / weights.WEIGHTS["retinaface_resnet50"].name).write_bytes(b"x")
+    assert resolve_name("auto") == "retinaface_resnet50"
+
+
+def test_missing_weights_message_names_file_url_and_folder(model_folder, no_network):
+    with pytest.raises(WeightsMissingError) as info:
+        get_detector("retinaface_resnet50", "cpu")
+    message = str(info.value)
+    spec = weights.WEIGHTS["retinaface_resnet50"]
+    assert spec.name in message and spec.url in message and str(model_folder) in message
+    assert "download failed" in message and "--detector dlib" in message
+    assert not list(model_folder.iterdir())  # no partial file left behind
+
+
+def test_offline_switch_never_tries_to_download(model_folder, monkeypatch):
+    monkeypatch.setenv(weights.OFFLINE_ENV, "1")
+    monkeypatch.setattr(weights, "_download", lambda *a: pytest.fail("download attempted"))
+    with pytest.raises(WeightsMissingError, match="downloads are switched off"):
+        weights.ensure_weights("retinaface_mobilenet")
+
+
+def test_download_is_checksum_verified(model_folder, monkeypatch):
+    monkeypatch.setattr(weights, "_download", lambda url, target: target.write_bytes(b"corrupted"))
+    with pytest.raises(WeightsMissingError, match="SHA-256"):
+        weights.ensure_weights("retinaface_mobilenet")
+    assert not list(model_folder.iterdir())
+    good = b"the real file"
+    import hashlib
+
+    spec = weights.WEIGHTS["retinaface_mobilenet"]
+    monkeypatch.setitem(weights.WEIGHTS, "retinaface_mobilenet",
+                        weights.WeightFile(spec.name, spec.url, hashlib.sha256(good).hexdigest(), len(good)))
+    monkeypatch.setattr(weights, "_download", lambda url, target: target.write_bytes(good))
+    path = weights.ensure_weights("retinaface_mobilenet")
+    assert path == model_folder / spec.name and path.read_bytes() == good
+
+
+def test_unknown_detector_is_refused():
+    from comfy_diffbfr.errors import DiffBFRError
+
+    with pytest.raises(DiffBFRError, match="unknown detector"):
+        resolve_name("yolo")
+
+
+def test_68_points_reduce_to_eye_centres_nose_and_mouth_corners():
+    pts = np.zeros((68, 2))
+    pts[36:42] = [10, 20]
+    pts[42:48] = [30, 20]
+    pts[30] = [20, 30]
+    pts[48] = [12, 40]
+    pts[54] = [28, 40]
+    np.testing.assert_array_equal(reduce_68_to_5(pts), [[10, 20], [30, 20], [20, 30], [12, 40], [28, 40]])
+
+
+def test_dlib_alignment_of_ffhq_crops_is_close_to_identity(faces_dir):
+    """Re-aligning an FFHQ-aligned crop with dlib's points must barely move it (faces differ from the
+    template by pose and expression, so single points may be 20-40 px off; the fit over five is not)."""
+    pytest.importorskip("dlib")
+    names = ["gfpgan_00000000.png", "sr3_ffhq_hr512_00030.png", "sr3_ffhq_hr512_00040.png", "sr3_celebahq_hr512_00031.png"]
+    fs = detect_faces([load_image(faces_dir / "aligned" / n) for n in names], detector="dlib", selection=Selection(mode="largest"))
+    assert len(fs) == len(names)
+    for face in fs.faces:
+        a = face.affine
+        assert abs(np.hypot(a[0, 0], a[1, 0]) - 1) < 0.1  # scale
+        assert abs(np.arctan2(a[1, 0], a[0, 0])) < 0.05  # rotation, radians
+        assert np.abs(a[:, :2] @ [256, 256] + a[:, 2] - 256).max() < 16  # the centre moves a few px
+        assert np.abs(face.landmarks[:2] - template_points(512)[:2]).max() < 12  # eyes
