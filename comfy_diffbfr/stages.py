@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .errors import DiffBFRError, NoFaceError, WrongModelKindError
 from .host import interrupt
+from .host.device import autocast
 from .host.model_cache import ModelHandle
 from .host.progress import PreviewCallback, StageProgress
 
@@ -105,7 +106,7 @@ def generators(batch: int, seed: int, seed_mode: str, device: torch.device) -> l
     gens = []
     for i in range(batch):
         g = torch.Generator(device=device)
-        g.manual_seed(seed + i if seed_mode == "per_face" else seed)
+        g.manual_seed((seed + i if seed_mode == "per_face" else seed) % 2**64)
         gens.append(g)
     return gens
 
@@ -168,22 +169,41 @@ def run_stage(
             progress.update(step, x0)
             interrupt.check_interrupt()
 
+        net = model.loaded if dtype == torch.float32 else _FiniteOutputs(model.loaded)
         try:
-            from .host.device import autocast
-
             with torch.no_grad(), autocast(device, dtype):
-                out = truncated_sample(
-                    model.loaded, start, cond=cond, strength=strength, steps=steps, sampler=sampler,
-                    eta=eta, generators=generators(start.shape[0], seed, seed_mode, device), callback=on_step,
-                )
+                return truncated_sample(
+                    net, start, cond=cond, strength=strength, steps=steps, sampler=sampler, eta=eta,
+                    generators=generators(start.shape[0], seed, seed_mode, device), callback=on_step,
+                ).float()
         finally:
             progress.close()
-        return out.float()
 
-    out = sample(dtype)
-    if dtype != torch.float32 and not bool(torch.isfinite(out).all()):
+    try:
+        out = sample(dtype)
+    except _NonFinite:
         out = sample(torch.float32)  # half precision overflowed: redo this stage in float32
     return ((out.cpu() + 1) / 2).clamp(0, 1).movedim(1, -1).contiguous()
+
+
+class _NonFinite(Exception):
+    """A network output with inf/nan under reduced precision."""
+
+
+class _FiniteOutputs:
+    """The model, with every network output checked for inf/nan (which the x0 clipping would hide)."""
+
+    def __init__(self, loaded: Any) -> None:
+        self._loaded = loaded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loaded, name)
+
+    def predict(self, x_t: torch.Tensor, tau: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self._loaded.predict(x_t, tau, cond)
+        if not bool(torch.isfinite(out).all()):
+            raise _NonFinite
+        return out
 
 
 def run_irm64(model: ModelHandle, lq_images: torch.Tensor, **settings: Any) -> torch.Tensor:

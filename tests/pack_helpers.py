@@ -22,9 +22,11 @@ _SIZES = {"irm64": 64, "irm256": 256, "tem": 256}
 def tiny_model(path: Path, role: str | None, conditions: list[str], *, resolution: int | None, seed: int = 0) -> Path:
     """A randomly initialised ADM UNet of a few thousand parameters, saved in the native format."""
     cond = 3 * len(conditions)
+    # enough levels that the middle block's attention sees at most 16x16 tokens (fast on a CPU)
+    levels = max(2, ((resolution or 64) // 16).bit_length())
     config = adm_config(
-        in_channels=3 + cond, out_channels=3, model_channels=8, channel_mult=[1, 2], num_res_blocks=1,
-        attention_levels=[False, False], num_head_channels=-1, norm_groups=8, super_res=bool(cond),
+        in_channels=3 + cond, out_channels=3, model_channels=8, channel_mult=[1] * (levels - 1) + [2],
+        num_res_blocks=1, attention_levels=[False] * levels, num_head_channels=-1, norm_groups=8, super_res=bool(cond),
         image_size=resolution or 64,
     )
     torch.manual_seed(seed)

@@ -1,0 +1,186 @@
+"""Check the node pack in a real ComfyUI (CPU) and compare it with the headless runner.
+
+Procedure (what the acceptance note quotes):
+1. the pack is linked into ``<ComfyUI>/custom_nodes/comfy-diffbfr``; the photos are copied into
+   ComfyUI's input folder; with ``--tiny-models`` small random models are written under the
+   starter-weight names into ``<ComfyUI>/models/diffbfr`` (else the pack's ``weights/`` serve);
+2. ``python main.py --cpu --listen 127.0.0.1 --port PORT`` starts in the background (its own venv);
+   the log must not contain ``IMPORT FAILED`` and ``GET /object_info`` must list the six node ids;
+3. every ``workflows/*.json`` is converted to the API format with the server's own ``/object_info``,
+   its LoadImage nodes pointed at each photo, and queued with ``POST /prompt``; the script waits for
+   ``/history`` and collects the written images;
+4. the headless runner (``python -m comfy_diffbfr run``) runs the same workflow on the same photo,
+   and the saved pixels are compared exactly.
+
+Both processes run single-threaded with ``COMFY_DIFFBFR_OFFLINE=1`` (no detector download) so the
+CPU arithmetic is the same. Example:
+
+    .venv/bin/python scripts/comfyui_check.py --comfyui /work/comfyui \
+        --python /work/comfyui-venv/bin/python --tiny-models --photos examples/diffbfr_example.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+NODE_IDS = ("DiffBFRModelLoader", "DiffBFRFaceDetect", "DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM", "DiffBFRPasteBack")
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COMFY_DIFFBFR_OFFLINE": "1", "COMFY_DIFFBFR_PROGRESS": "0"}
+
+
+def http(url: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return {"http_error": exc.code, "body": json.loads(exc.read() or b"{}")}
+
+
+def write_tiny_models(folder: Path) -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from pack_helpers import stage_models
+
+    stage_models(folder)
+
+
+def start_server(comfyui: Path, python: str, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, **ENV}
+    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
+    proc = subprocess.Popen(cmd, cwd=comfyui, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise SystemExit(f"ComfyUI exited early; see {log}")
+        try:
+            http(f"http://127.0.0.1:{port}/system_stats")
+            return proc
+        except OSError:
+            time.sleep(1)
+    raise SystemExit("ComfyUI did not start in 10 minutes")
+
+
+def queue(base: str, prompt: dict) -> dict:
+    client = uuid.uuid4().hex
+    answer = http(f"{base}/prompt", {"prompt": prompt, "client_id": client})
+    if "prompt_id" not in answer:
+        return {"error": answer}
+    pid = answer["prompt_id"]
+    for _ in range(3600):
+        history = http(f"{base}/history/{pid}")
+        if pid in history and history[pid].get("status", {}).get("completed") is not None:
+            status = history[pid]["status"]
+            if status.get("status_str") == "success":
+                return {"outputs": history[pid]["outputs"]}
+            errors = [m for m in status.get("messages", []) if m[0] == "execution_error"]
+            return {"error": errors or status}
+        time.sleep(0.5)
+    return {"error": "timeout"}
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.array(Image.open(path))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comfyui", type=Path, default=Path("/work/comfyui"))
+    ap.add_argument("--python", default="/work/comfyui-venv/bin/python", help="the Python of ComfyUI's venv")
+    ap.add_argument("--port", type=int, default=8188)
+    ap.add_argument("--tiny-models", action="store_true", help="write small random models under the starter names")
+    ap.add_argument("--photos", type=Path, nargs="+", default=[REPO / "examples" / "diffbfr_example.png"])
+    ap.add_argument("--workflows", type=Path, nargs="*", default=sorted((REPO / "workflows").glob("*.json")))
+    ap.add_argument("--set", action="append", default=[], help="NODE.INPUT=VALUE for every workflow (both sides)")
+    ap.add_argument("--report", type=Path, default=Path("comfyui_check.json"))
+    args = ap.parse_args()
+
+    from comfy_diffbfr.workflow.runner import set_images, set_input
+    from comfy_diffbfr.workflow.ui_format import to_api
+
+    comfyui = args.comfyui.resolve()
+    link = comfyui / "custom_nodes" / "comfy-diffbfr"
+    if not link.exists():
+        link.symlink_to(REPO)
+    models = comfyui / "models"
+    if args.tiny_models:
+        write_tiny_models(models / "diffbfr")
+    for photo in args.photos:
+        shutil.copy(photo, comfyui / "input" / photo.name)
+    log = Path(tempfile.mkdtemp()) / "comfyui.log"
+    proc = start_server(comfyui, args.python, args.port, log)
+    base = f"http://127.0.0.1:{args.port}"
+    report: dict = {"log": str(log), "runs": []}
+    try:
+        text = log.read_text()
+        report["import_failed"] = "IMPORT FAILED" in text
+        report["pack_import_line"] = [ln.strip() for ln in text.splitlines() if "comfy-diffbfr" in ln]
+        info = http(f"{base}/object_info")
+        report["node_ids_present"] = {n: n in info for n in NODE_IDS}
+        schemas = {k: v["input"] for k, v in info.items()}
+        for wf_path in args.workflows:
+            workflow = json.loads(wf_path.read_text())
+            for photo in args.photos:
+                run = {"workflow": wf_path.name, "photo": photo.name}
+                prompt = to_api(workflow, schemas)
+                for node in prompt.values():
+                    if node["class_type"] == "LoadImage":
+                        node["inputs"]["image"] = photo.name
+                    if node["class_type"] == "SaveImage":
+                        node["inputs"]["filename_prefix"] = f"check/{wf_path.stem}_{photo.stem}"
+                for assignment in args.set:
+                    set_input(prompt, assignment)
+                started = time.time()
+                result = queue(base, prompt)
+                run["comfyui_seconds"] = round(time.time() - started, 1)
+                if "error" in result:
+                    run["error"] = result["error"]
+                    report["runs"].append(run)
+                    print(json.dumps(run)[:2000])
+                    continue
+                saved = [comfyui / "output" / img["subfolder"] / img["filename"]
+                         for out in result["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
+                run["comfyui_files"] = [str(p) for p in saved]
+                headless_dir = Path(tempfile.mkdtemp())
+                cmd = [sys.executable, "-m", "comfy_diffbfr", "run", str(wf_path), "-o", str(headless_dir), "--input", str(photo)]
+                for assignment in args.set:
+                    cmd += ["--set", assignment]
+                env = {**os.environ, **ENV, "COMFY_DIFFBFR_MODELS": str(models), "PYTHONPATH": str(REPO)}
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+                headless = [Path(p) for p in done.stdout.split()] if done.returncode == 0 else []
+                if done.returncode != 0:
+                    run["headless_error"] = done.stderr[-2000:]
+                run["headless_files"] = [str(p) for p in headless]
+                run["bit_identical"] = len(saved) == len(headless) > 0 and all(
+                    np.array_equal(pixels(a), pixels(b)) for a, b in zip(saved, headless))
+                if not run["bit_identical"] and len(saved) == len(headless) > 0:
+                    run["max_abs_diff"] = max(int(np.abs(pixels(a).astype(int) - pixels(b).astype(int)).max())
+                                              for a, b in zip(saved, headless))
+                report["runs"].append(run)
+                print(json.dumps({k: v for k, v in run.items() if k != "headless_files"}))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    args.report.write_text(json.dumps(report, indent=1))
+    ok = (not report["import_failed"] and all(report["node_ids_present"].values())
+          and all(r.get("bit_identical") for r in report["runs"]))
+    print(json.dumps({k: report[k] for k in ("import_failed", "node_ids_present", "pack_import_line")}, indent=1))
+    print("ALL OK" if ok else "PROBLEMS: see", args.report)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
