@@ -36,7 +36,32 @@ def _fixture_hints(fixture: dict) -> dict:
     hints = {k: kwargs[k] for k in HEAD_HINTS if k in kwargs}
     if fixture["format"] in VARIANT_OF_FORMAT:
         hints["variant"] = VARIANT_OF_FORMAT[fixture["format"]]
+    if hints.get("variant") == "difface":
+        hints.pop("num_heads_upsample", None)  # DifFace has no such argument
     return hints
+
+
+def _fixture_structure(fixture: dict) -> dict:
+    """The structure the reference constructor built, in our config's terms."""
+    kwargs = fixture["constructor_kwargs"]
+    mult = list(kwargs["channel_mult"])
+    if fixture["format"] == "difface_unet":  # absolute feature-map sizes
+        scales = [kwargs["image_size"] // 2**level for level in range(len(mult))]
+    else:  # downsample factors
+        scales = [2**level for level in range(len(mult))]
+    super_res = "SuperResModel" in fixture["reference"]
+    return {
+        "in_channels": kwargs["in_channels"] * (2 if super_res else 1),
+        "out_channels": kwargs["out_channels"],
+        "model_channels": kwargs["model_channels"],
+        "channel_mult": mult,
+        "num_res_blocks": adm_config(channel_mult=mult, num_res_blocks=kwargs["num_res_blocks"])["num_res_blocks"],
+        "attention_levels": [s in kwargs["attention_resolutions"] for s in scales],
+        "use_scale_shift_norm": kwargs.get("use_scale_shift_norm", False),
+        "resblock_updown": kwargs.get("resblock_updown", False),
+        "num_classes": kwargs.get("num_classes"),
+        "super_res": super_res,
+    }
 
 
 @pytest.mark.parametrize("folder", PARITY_FOLDERS)
@@ -44,6 +69,7 @@ def test_parity_with_reference_outputs(parity_dir: Path, folder: str) -> None:
     root = parity_dir / folder
     fixture = json.loads((root / "fixture.json").read_text())
     hints = _fixture_hints(fixture)
+    expected = _fixture_structure(fixture)
     inputs = load_file(root / "inputs.safetensors")
     outputs = load_file(root / "outputs.safetensors")
     cond = inputs.get("low_res")
@@ -55,11 +81,15 @@ def test_parity_with_reference_outputs(parity_dir: Path, folder: str) -> None:
         model = load_model(path, hints)  # reads safely, unwraps, strips `module.`, asks SPEC
         assert model.format == "adm"
         assert json.loads(json.dumps(model.config)) == model.config
+        assert {k: model.config[k] for k in expected} == expected
         assert model.cond_channels == (cond.shape[1] if cond is not None else 0)
         assert model.diffusion["learned_sigma"] == (outputs["out_float32"].shape[1] == 2 * inputs["x"].shape[1])
         for t_name, out_name in runs:
             with torch.no_grad():
-                out = SPEC.call(model.net, inputs["x"], inputs[t_name], cond)
+                if "y" in inputs:  # class labels: not something the stages pass, so call the net itself
+                    out = model.net(inputs["x"], inputs[t_name], low_res=cond, y=inputs["y"])
+                else:
+                    out = SPEC.call(model.net, inputs["x"], inputs[t_name], cond)
             diff = (out - outputs[out_name]).abs().max().item()
             assert diff <= 1e-4, f"{path.name} {t_name}: max abs diff {diff}"
 
@@ -328,3 +358,21 @@ def test_group_norm_runs_in_float32_under_autocast() -> None:
         out = norm(x)
     expected = torch.nn.functional.group_norm(x.float(), 4, norm.weight, norm.bias, norm.eps).bfloat16()
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"num_head_chanels": 32}, "num_head_chanels"),
+        ({"channel_mult": [1, 2], "num_res_blocks": [1, 2, 3]}, "num_res_blocks"),
+        ({"channel_mult": [1, 2], "attention_levels": [0, 1]}, "attention_levels"),
+        ({"model_channels": 48}, "norm_groups"),
+        ({"channel_mult": [1, 2], "attention_levels": [False, True], "num_head_channels": 96}, "num_head_channels 96"),
+        ({"in_channels": 3, "super_res": True}, "super-resolution"),
+    ],
+)
+def test_bad_network_config_is_named(overrides: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        adm_config(**dict({"model_channels": 64}, **overrides))
+    with pytest.raises(CheckpointError, match=named):
+        SPEC.build(dict({"model_channels": 64}, **overrides))
