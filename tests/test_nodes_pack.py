@@ -1,0 +1,83 @@
+"""The node classes over the library: shared model loads, and clear messages for wrong inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import comfy_diffbfr.models as models_pkg
+from comfy_diffbfr.errors import CheckpointError, DiffBFRError, NoFaceError, WrongModelKindError
+from comfy_diffbfr.workflow import run_workflow
+from pack_helpers import load_pack, tiny_model
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    return load_pack().NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path))
+    return tmp_path / "diffbfr"
+
+
+def test_two_loader_nodes_naming_one_file_load_it_once(model_dir, monkeypatch):
+    tiny_model(model_dir / "shared_tem.safetensors", "tem", [], resolution=64)
+    loads = []
+    real = models_pkg.load_model
+    monkeypatch.setattr(models_pkg, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    prompt = {
+        "1": {"class_type": "DiffBFRModelLoader", "inputs": {"model_name": "shared_tem.safetensors", "precision": "auto"}},
+        "2": {"class_type": "DiffBFRModelLoader", "inputs": {"model_name": "shared_tem.safetensors", "precision": "auto"}},
+    }
+    for i, loader in (("3", "1"), ("4", "2")):
+        prompt[i] = {"class_type": "DiffBFRTEM", "inputs": {
+            "model": [loader, 0], "image": ["9", 0], "strength": 0.1, "steps": 1, "sampler": "ddim", "eta": 0.0,
+            "seed": 0, "seed_mode": "per_face"}}
+        prompt[str(int(i) + 2)] = {"class_type": "SaveImage", "inputs": {"images": [i, 0], "filename_prefix": f"t{i}"}}
+    prompt["9"] = {"class_type": "ImageScale", "inputs": {"image": ["8", 0], "upscale_method": "area", "width": 64,
+                                                           "height": 64, "crop": "center"}}
+    prompt["8"] = {"class_type": "LoadImage", "inputs": {"image": "diffbfr_example.png"}}
+    ctx = run_workflow(prompt, model_dir.parent / "out")
+    assert len(loads) == 1
+    assert len(ctx.saved) == 2
+
+
+def test_loader_gives_the_same_module_for_the_same_file(nodes, model_dir):
+    tiny_model(model_dir / "a.safetensors", "tem", [], resolution=64)
+    loader = nodes["DiffBFRModelLoader"]()
+    (first,) = loader.load("a.safetensors", "auto")
+    (second,) = nodes["DiffBFRModelLoader"]().load("a.safetensors", "auto")
+    assert first.net is second.net
+    with pytest.raises(CheckpointError, match="hints must be a JSON object"):
+        loader.load("a.safetensors", "auto", hints="num_heads=4")
+    with pytest.raises(CheckpointError, match="not found"):
+        loader.load("missing.safetensors", "auto")
+
+
+def test_stage_node_with_the_wrong_kind_of_model(nodes, model_dir):
+    tiny_model(model_dir / "prior.safetensors", "tem", [], resolution=64)
+    (handle,) = nodes["DiffBFRModelLoader"]().load("prior.safetensors", "auto")
+    with pytest.raises(WrongModelKindError, match="'prior.safetensors' is an unconditional face prior \\(TEM\\). Load it in a DiffBFR TEM node"):
+        nodes["DiffBFRIRM64"]().run(handle, torch.rand(1, 64, 64, 3), strength=0.5, steps=1, sampler="ddim",
+                                     eta=0.0, seed=0, seed_mode="per_face")
+
+
+def test_face_detect_on_a_photo_without_faces(nodes, monkeypatch):
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    blank = torch.full((1, 128, 128, 3), 0.5)
+    with pytest.raises(NoFaceError, match="no face found.*set 'aligned'"):
+        nodes["DiffBFRFaceDetect"]().detect(blank, "dlib", "all", 128, False)
+
+
+def test_paste_back_with_mismatched_counts(nodes):
+    photo = torch.rand(1, 80, 80, 3)
+    face_set, crops = nodes["DiffBFRFaceDetect"]().detect(photo, "auto", "all", 64, True)  # aligned: one face
+    paste = nodes["DiffBFRPasteBack"]()
+    with pytest.raises(DiffBFRError, match="got 2 restored crops for a face set of 1 faces"):
+        paste.paste(photo, face_set, torch.cat([crops, crops]), "none", 1.0)
+    with pytest.raises(DiffBFRError, match="got 2 images but the face set was detected on 1"):
+        paste.paste(torch.cat([photo, photo]), face_set, crops, "none", 1.0)
+    image, mask = paste.paste(photo, face_set, torch.rand(1, 256, 256, 3), "wavelet", 1.0)
+    assert image.shape == photo.shape and mask.shape[0] == 1

@@ -1,0 +1,68 @@
+"""Every shipped workflow runs in the headless runner, with tiny models under the starter names."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_diffbfr.workflow.runner import node_classes, run_workflow, to_prompt
+from pack_helpers import REPO, WORKFLOWS, stage_models
+
+STAGE_NODES = {"DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM"}
+
+
+@pytest.fixture(scope="module")
+def starter_models(tmp_path_factory):
+    # the folder conftest points COMFY_DIFFBFR_MODELS at; it comes before the pack's weights/
+    return stage_models(tmp_path_factory.getbasetemp() / "models" / "diffbfr")
+
+
+def quick_prompt(path):
+    """The workflow in API form with 2 steps per stage and small crops, so it runs in seconds."""
+    prompt = to_prompt(json.loads(path.read_text()), node_classes())
+    for node in prompt.values():
+        if node["class_type"] in STAGE_NODES:
+            node["inputs"]["steps"] = 2
+        if node["class_type"] == "DiffBFRFaceDetect":
+            node["inputs"]["crop_size"] = 128
+    return prompt
+
+
+def test_the_five_kinds_of_workflow_are_shipped():
+    names = {p.stem for p in WORKFLOWS}
+    assert {"diffbfr_full", "diffbfr_irm_only", "diffbfr_tem_polish", "diffbfr_mixed_core", "diffbfr_batch"} <= names
+    for path in WORKFLOWS:
+        wf = json.loads(path.read_text())
+        loads = [n for n in wf["nodes"] if n["type"] == "LoadImage"]
+        assert loads and all(n["widgets_values"][0] == "diffbfr_example.png" for n in loads)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_headless(path, starter_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    ctx = run_workflow(quick_prompt(path), tmp_path)
+    saved = [p for p in ctx.saved if p.parent.name != "temp"]
+    assert saved, "the workflow wrote no image"
+    photo = np.array(Image.open(REPO / "examples" / "diffbfr_example.png"))
+    for file in saved:
+        out = np.array(Image.open(file))
+        assert out.ndim == 3 and out.shape[2] == 3
+        if out.shape == photo.shape:
+            assert not np.array_equal(out, photo)  # the faces were changed
+
+
+def test_same_seed_same_image_other_seed_different(starter_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    path = REPO / "workflows" / "diffbfr_tem_polish.json"
+    prompt = quick_prompt(path)
+    tem = next(k for k, v in prompt.items() if v["class_type"] == "DiffBFRTEM")
+
+    def render(seed, out):
+        prompt[tem]["inputs"]["seed"] = seed
+        return np.array(Image.open(run_workflow(prompt, tmp_path / out).saved[0]))
+
+    assert np.array_equal(render(1, "a"), render(1, "b"))
+    assert not np.array_equal(render(1, "c"), render(2, "d"))
