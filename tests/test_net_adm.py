@@ -376,3 +376,12 @@ def test_bad_network_config_is_named(overrides: dict, named: str) -> None:
         adm_config(**dict({"model_channels": 64}, **overrides))
     with pytest.raises(CheckpointError, match=named):
         SPEC.build(dict({"model_channels": 64}, **overrides))
+
+
+def test_norm_groups_come_from_a_hint() -> None:
+    """The references hard-code 32 groups; a narrower net of ours needs the hint."""
+    config = adm_config(model_channels=16, channel_mult=[1, 2], num_res_blocks=1, norm_groups=8)
+    state_dict = _meta_state_dict(**config)
+    with pytest.raises(CheckpointError, match="norm_groups"):
+        SPEC.infer_config(state_dict, {})
+    assert SPEC.infer_config(state_dict, {"norm_groups": 8}) == config

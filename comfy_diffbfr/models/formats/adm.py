@@ -11,10 +11,11 @@ channels, so a 6-channel output is eps + learned variance and a 6-channel input 
 
 What the weights cannot reveal comes from hints (the loader supplies them for recognised public
 files): ``num_heads``, ``num_head_channels``, ``num_heads_upsample``, ``use_new_attention_order``,
-``dropout`` and ``variant``: ``"guided"`` (default), ``"improved"`` (no head width, up/down
-ResBlocks or new attention order) or ``"difface"`` (up-path attention built with one head, i.e.
-``num_heads_upsample=1``; ``attention_resolutions`` in absolute pixels). Without head hints the
-reference constructor's own defaults apply: ``num_heads=1``, ``num_head_channels=-1``.
+``dropout``, ``norm_groups`` (32 in every reference) and ``variant``: ``"guided"`` (default),
+``"improved"`` (no head width, up/down ResBlocks or new attention order) or ``"difface"`` (up-path
+attention built with one head, i.e. ``num_heads_upsample=1``; ``attention_resolutions`` in
+absolute pixels). Without head hints the reference constructor's own defaults apply:
+``num_heads=1``, ``num_head_channels=-1``.
 
 The other reference constructor arguments are accepted as hints and checked against the weights:
 ``image_size`` (also recorded as the native resolution), ``attention_resolutions`` (downsample
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, WrongModelKindError
-from ...networks.adm_unet import ADMUNet, adm_config
+from ...networks.adm_unet import DEFAULT_CONFIG, ADMUNet, adm_config
 from .base import FormatSpec, StateDict
 
 _REQUIRED_KEYS = ("time_embed.0.weight", "input_blocks.0.0.weight", "middle_block.0.in_layers.0.weight", "out.2.weight")
@@ -192,7 +193,7 @@ def _as_list(value: Any, item: Any) -> list:
 
 
 _HINT_TYPES: dict[str, Any] = {
-    **dict.fromkeys(("num_heads", "num_head_channels", "num_heads_upsample", "image_size", "model_channels",
+    **dict.fromkeys(("num_heads", "num_head_channels", "num_heads_upsample", "norm_groups", "image_size", "model_channels",
                      "in_channels", "out_channels", "dims"), _as_int),
     **dict.fromkeys(("use_new_attention_order", "use_scale_shift_norm", "resblock_updown", "conv_resample",
                      "learn_sigma", "use_checkpoint", "use_fp16"), _as_bool),
@@ -229,7 +230,7 @@ def _apply_hints(cfg: dict[str, Any], raw_hints: Mapping[str, Any]) -> None:
             f"drop the hint or pick the matching model"
         )
 
-    for name in ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order", "dropout"):
+    for name in ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order", "dropout", "norm_groups"):
         if name in hints:
             cfg[name] = hints[name]
     if variant == "improved":
@@ -288,8 +289,8 @@ def _check_shapes(net: nn.Module, state_dict: StateDict) -> None:
     """The inferred network must have exactly the checkpoint's keys and shapes."""
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in state_dict.items()}
-    problems = [f"missing {k}" for k in sorted(set(theirs) - set(own))]
-    problems += [f"unexpected {k}" for k in sorted(set(own) - set(theirs))]
+    problems = [f"{k} only in the file" for k in sorted(set(theirs) - set(own))]
+    problems += [f"{k} missing from the file" for k in sorted(set(own) - set(theirs))]
     problems += [f"{k}: file {theirs[k]} vs inferred {own[k]}" for k in sorted(set(own) & set(theirs)) if own[k] != theirs[k]]
     if problems:
         raise CheckpointError(
@@ -305,7 +306,7 @@ class ADMSpec(FormatSpec):
         return all(k in state_dict for k in _REQUIRED_KEYS)
 
     def infer_config(self, state_dict: StateDict, hints: Mapping[str, Any]) -> dict[str, Any]:
-        cfg = adm_config(**_detect(state_dict))
+        cfg = {**DEFAULT_CONFIG, **_detect(state_dict)}
         _apply_hints(cfg, hints)
         cfg = self._validated(cfg)
         with torch.device("meta"):
