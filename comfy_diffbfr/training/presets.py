@@ -2,7 +2,7 @@
 
 Each stage's input is the noisy image plus its conditions (3 channels each, concatenated after x as
 the ADM SuperRes model does). Levels are chosen per working size so the lowest level is 8x8 (IRM 64)
-or 16x16 (256 px stages). The TEM presets carry no attention: the TEM is trained on patches and
+or 16x16 (256 px stages): the middle block always attends over every pixel of the lowest level. The TEM presets carry no attention: the TEM is trained on patches and
 run on whole faces, and attention over a patch is not attention over a face, while convolutions
 and GroupNorm transfer.
 """
@@ -37,8 +37,8 @@ STAGE_INFO = {
 _SHAPES: dict[str, dict[str, tuple[int, list[float], int, list[int]]]] = {
     "tiny": {
         "irm64": (16, [1, 2], 1, [1]),
-        "irm256": (16, [1, 2], 1, []),
-        "tem": (16, [1, 2], 1, []),
+        "irm256": (16, [1, 1, 2, 2], 1, []),
+        "tem": (16, [1, 1, 2, 2], 1, []),
     },
     "small": {
         "irm64": (64, [1, 2, 2, 3], 2, [2, 3]),
