@@ -15,7 +15,6 @@ from .image_io import to_uint8
 from .selection import Selection
 
 MIN_DETECTABLE = 16  # px: no detector finds a face in a smaller photo
-_BAND_ROWS = 256  # rows converted to uint8 at a time, so a huge photo never gets a second float copy
 
 
 def detection_copy(image: torch.Tensor, max_side: int) -> tuple[np.ndarray, float]:
@@ -23,9 +22,7 @@ def detection_copy(image: torch.Tensor, max_side: int) -> tuple[np.ndarray, floa
     import cv2
 
     h, w = image.shape[:2]
-    rgb = np.empty((h, w, 3), dtype=np.uint8)
-    for y in range(0, h, _BAND_ROWS):
-        rgb[y : y + _BAND_ROWS] = to_uint8(image[y : y + _BAND_ROWS, :, :3])
+    rgb = to_uint8(image[..., :3])
     scale = min(1.0, max_side / max(h, w))
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))

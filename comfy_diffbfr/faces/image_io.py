@@ -77,12 +77,9 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
 def _to_float(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        out = arr.astype(np.float32) / 65535.0
-    else:
-        out = arr.astype(np.float32)
+    out = arr.astype(np.float32)
+    if arr.dtype in (np.uint8, np.uint16):
+        out /= 255.0 if arr.dtype == np.uint8 else 65535.0  # in place: no second float copy of a huge photo
     if out.shape[2] in (1, 2):  # grey (+ alpha): repeat the grey over RGB
         out = np.concatenate([np.repeat(out[..., :1], 3, axis=2), out[..., 1:]], axis=2)
     return out
@@ -104,9 +101,16 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(_to_float(arr)))[None]
 
 
+_BAND_ROWS = 256  # rows converted at a time, so a huge photo never gets a full-size float temporary
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """``[H, W, C]`` float in [0, 1] to uint8 with rounding (so ``k/255`` comes back as exactly ``k``)."""
-    return (image.clamp(0, 1) * 255.0).round_().to(torch.uint8).cpu().numpy()
+    out = np.empty(tuple(image.shape), dtype=np.uint8)
+    for y in range(0, image.shape[0], _BAND_ROWS):
+        band = image[y : y + _BAND_ROWS]
+        out[y : y + _BAND_ROWS] = (band.clamp(0, 1) * 255.0).round_().to(torch.uint8).cpu().numpy()
+    return out
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8) -> Path:
@@ -122,7 +126,7 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8) -
     if bits == 16:
         import cv2
 
-        arr = (image.clamp(0, 1) * 65535.0).round_().to(torch.int32).cpu().numpy().astype(np.uint16)
+        arr = (image.clamp(0, 1).double() * 65535.0).round_().cpu().numpy().astype(np.uint16)
         order = [2, 1, 0, 3][: arr.shape[2]]
         if path.suffix.lower() != ".png" or not cv2.imwrite(str(path), np.ascontiguousarray(arr[..., order])):
             raise ValueError(f"cannot write a 16-bit image to {path}: use a .png file name")
