@@ -34,11 +34,12 @@ class StageSpec:
     title: str  # as the node is named in ComfyUI
     size: Optional[int]  # working size; None = the model's native size
     conditional: bool
+    keeps_size: bool = False  # output at the input's size (a polish), not at the working size
 
 
 IRM64 = StageSpec("irm64", "IRM 64", 64, True)
 IRM256 = StageSpec("irm256", "IRM 256", 256, True)
-TEM = StageSpec("tem", "TEM", None, False)
+TEM = StageSpec("tem", "TEM", None, False, keeps_size=True)
 _BY_ROLE = {s.key: s for s in (IRM64, IRM256, TEM)}
 
 
@@ -85,12 +86,13 @@ def check_model(stage: StageSpec, handle: ModelHandle) -> int:
     return size
 
 
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``[B,3,H,W]`` to ``size x size``: antialiased bicubic (no aliasing when shrinking)."""
-    if images.shape[-2:] == (size, size):
+def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """``[B,3,H,W]`` to ``size`` (square, or (H, W)): bicubic, antialiased when shrinking."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == size:
         return images
-    shrinking = min(images.shape[-2:]) > size
-    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=shrinking).clamp(0, 1)
+    shrinking = images.shape[-2] > size[0] or images.shape[-1] > size[1]
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=shrinking).clamp(0, 1)
 
 
 def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
@@ -183,7 +185,10 @@ def run_stage(
         out = sample(dtype)
     except _NonFinite:
         out = sample(torch.float32)  # half precision overflowed: redo this stage in float32
-    return ((out.cpu() + 1) / 2).clamp(0, 1).movedim(1, -1).contiguous()
+    out = ((out.cpu() + 1) / 2).clamp(0, 1)
+    if stage.keeps_size and out.shape[-2:] != x.shape[-2:]:
+        out = resize(out, x.shape[-2:])
+    return out.movedim(1, -1).contiguous()
 
 
 class _NonFinite(Exception):
@@ -217,5 +222,6 @@ def run_irm256(model: ModelHandle, images: torch.Tensor, *, lq: Optional[torch.T
 
 
 def run_tem(model: ModelHandle, images: torch.Tensor, **settings: Any) -> torch.Tensor:
-    """Polish images with the unconditional face prior at its native size (input size if unknown)."""
+    """Polish images with the unconditional face prior at its native size (input size if unknown);
+    the result has the input's size."""
     return run_stage(TEM, model, images, **settings)

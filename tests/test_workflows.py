@@ -66,3 +66,21 @@ def test_same_seed_same_image_other_seed_different(starter_models, tmp_path, mon
 
     assert np.array_equal(render(1, "a"), render(1, "b"))
     assert not np.array_equal(render(1, "c"), render(2, "d"))
+
+
+def test_run_command_with_input_and_set(starter_models, tmp_path, capsys):
+    from comfy_diffbfr.cli import main
+
+    photo = tmp_path / "other.png"
+    Image.fromarray(np.full((100, 140, 3), 90, np.uint8)).save(photo)
+    path = REPO / "workflows" / "diffbfr_tem_polish.json"
+    workflow = json.loads(path.read_text())
+    scale = next(n["id"] for n in workflow["nodes"] if n["type"] == "ImageScale")
+    tem = next(n["id"] for n in workflow["nodes"] if n["type"] == "DiffBFRTEM")
+    code = main(["run", str(path), "-o", str(tmp_path / "out"), "--input", str(photo),
+                 "--set", f"{scale}.width=96", "--set", f"{scale}.height=64", "--set", f"{tem}.steps=1"])
+    assert code == 0
+    saved = capsys.readouterr().out.split()
+    assert len(saved) == 1 and Image.open(saved[0]).size == (96, 64)  # TEM keeps the size of its input
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "--set", "999.steps=1"]) == 2
+    assert "no node '999'" in capsys.readouterr().err

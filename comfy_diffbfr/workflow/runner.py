@@ -150,9 +150,12 @@ class Runner:
     def _instance(self, cls: type) -> Any:
         return cls(self.ctx) if cls.__name__ in CORE_NODES and CORE_NODES[cls.__name__] is cls else cls()
 
-    def run(self, prompt: Mapping[str, dict], extra_pnginfo: Optional[dict] = None) -> dict[str, tuple]:
+    def run(self, prompt: Mapping[str, dict], extra_pnginfo: Optional[dict] = None,
+            targets: Optional[Sequence[str]] = None) -> dict[str, tuple]:
+        """Run the output nodes (or just ``targets`` and what they need)."""
         inputs = validate(prompt, self.classes)
-        sinks = [k for k, v in prompt.items() if getattr(self.classes[v["class_type"]], "OUTPUT_NODE", False)]
+        sinks = list(targets) if targets else [
+            k for k, v in prompt.items() if getattr(self.classes[v["class_type"]], "OUTPUT_NODE", False)]
         if not sinks:
             raise WorkflowError("the workflow has no output node (SaveImage, PreviewImage, ...): nothing would be produced")
         with torch.inference_mode():
