@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 STAGE_FILES = {"irm64": "diffbfr_irm64.safetensors", "irm256": "diffbfr_irm256.safetensors", "tem": "diffbfr_tem.safetensors"}
 _CONDITIONS = {"irm64": ["lq"], "irm256": ["prev", "lq"], "tem": []}
-_SIZES = {"irm64": 64, "irm256": 256, "tem": 256}
+_SIZES = {"irm64": 64, "irm256": 256, "tem": None}  # a TEM without a native size runs at its input's size
 
 
 def tiny_model(path: Path, role: str | None, conditions: list[str], *, resolution: int | None, seed: int = 0) -> Path:

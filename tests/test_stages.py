@@ -47,6 +47,8 @@ def test_each_stage_outputs_an_image_batch_of_its_size(models):
     tem = stages.run_tem(models["tem"], out64, seed=1, strength=0.1, steps=2)
     assert tem.shape == (2, 64, 64, 3)
     assert not torch.equal(tem, out64)  # the stage changed the image
+    wide = stages.run_tem(models["tem"], torch.rand(1, 48, 80, 3), seed=1, strength=0.1, steps=1)
+    assert wide.shape == (1, 48, 80, 3)  # run at the model's 64x64, returned at the input's size
 
 
 def test_same_seed_same_output_other_seed_different(models):
