@@ -35,7 +35,8 @@ class RunContext:
 
     output_dir: Path
     input_dirs: list[Path] = field(default_factory=list)
-    saved: list[Path] = field(default_factory=list)
+    saved: list[Path] = field(default_factory=list)  # SaveImage's files
+    previews: list[Path] = field(default_factory=list)  # PreviewImage's files (in temp/)
 
     @property
     def temp_dir(self) -> Path:
@@ -204,7 +205,7 @@ class SaveImage:
                 metadata.add_text(key, json.dumps(value))
             name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
             image_to_pil(image).save(target / name, pnginfo=metadata, compress_level=self.COMPRESS_LEVEL)
-            self.ctx.saved.append(target / name)
+            (self.ctx.saved if self.KIND == "output" else self.ctx.previews).append(target / name)
             results.append({"filename": name, "subfolder": subfolder, "type": self.KIND})
             counter += 1
         return {"ui": {"images": results}}
