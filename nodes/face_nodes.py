@@ -8,9 +8,8 @@ from .common import CATEGORY, FACES
 
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
-from comfy_diffbfr.faces.selection import Selection
+from comfy_diffbfr.faces.selection import MODES, Selection
 
-SELECTIONS = ("all", "largest", "center")
 COLOR_CORRECTIONS = ("wavelet", "adain", "none")
 
 
@@ -27,16 +26,31 @@ class DiffBFRFaceDetect:
             "required": {
                 "image": ("IMAGE",),
                 "detector": (list(DETECTORS), {"default": "auto"}),
-                "selection": (list(SELECTIONS), {"default": "all", "tooltip": "Which faces of each image to restore."}),
+                "selection": (list(MODES), {"default": "all", "tooltip": "Which faces of each image to restore (index: see 'indices')."}),
                 "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
                 "aligned": ("BOOLEAN", {"default": False, "tooltip": "The images are already aligned face crops."}),
             },
+            "optional": {
+                "indices": ("STRING", {"default": "", "tooltip": "Face numbers for selection 'index', e.g. 0,2 (0 = leftmost)."}),
+                "min_size": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 1.0,
+                                       "tooltip": "Ignore faces whose box is smaller (pixels)."}),
+                "score_threshold": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
+                                              "tooltip": "Detector score threshold; -1 = the detector's default."}),
+                "max_faces": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Keep at most this many faces per image (0 = all)."}),
+            },
         }
 
-    def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool):
+    def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool,
+               indices: str = "", min_size: float = 0.0, score_threshold: float = -1.0, max_faces: int = 0):
         from comfy_diffbfr.faces import detect_faces
 
-        face_set = detect_faces(image, detector=detector, selection=Selection(mode=selection), crop_size=crop_size, aligned=aligned)
+        try:
+            numbers = tuple(int(v) for v in indices.replace(" ", "").split(",") if v)
+        except ValueError:
+            raise DiffBFRError(f"indices takes comma-separated face numbers such as 0,2; got {indices!r}") from None
+        chosen = Selection(mode=selection, indices=numbers, min_size=min_size, max_count=max_faces or None,
+                           score_threshold=None if score_threshold < 0 else score_threshold)
+        face_set = detect_faces(image, detector=detector, selection=chosen, crop_size=crop_size, aligned=aligned)
         if len(face_set) == 0:
             raise NoFaceError(
                 f"no face found with detector {detector!r} ({'; '.join(map(str, face_set.notes))}). Try another "

@@ -88,3 +88,37 @@ def test_run_command_with_input_and_set(starter_models, tmp_path, capsys):
     assert len(saved) == 1 and Image.open(saved[0]).size == (96, 64)
     assert main(["run", str(path), "-o", str(tmp_path / "out"), "--set", "999.steps=1"]) == 2
     assert "no node '999'" in capsys.readouterr().err
+
+
+def test_restore_with_stages_runs_the_default_workflow(starter_models, tmp_path, capsys, monkeypatch):
+    from comfy_diffbfr.cli import main
+
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(blank)
+    photo = REPO / "examples" / "diffbfr_example.png"
+    out = tmp_path / "out"
+    code = main(["restore", str(photo), str(blank), "-o", str(out), "--stages", "irm64,tem",
+                 "--steps", "1", "--strength", "0.5,0.2", "--seed", "4"])
+    assert code == 0
+    streams = capsys.readouterr()
+    assert "blank.png: no face found, written unchanged" in streams.err
+    restored, original = np.array(Image.open(out / "diffbfr_example.png")), np.array(Image.open(photo))
+    assert restored.shape == original.shape and not np.array_equal(restored, original)
+    assert np.array_equal(np.array(Image.open(out / "blank.png")), np.array(Image.open(blank)))
+    assert main(["restore", str(photo), "-o", str(out), "--stages", "irm64,tem", "--steps", "1,2,3"]) == 2
+    assert "one per stage (2), got 3" in capsys.readouterr().err
+
+
+def test_restore_without_the_starter_weights_says_what_to_do(tmp_path, capsys, monkeypatch):
+    from comfy_diffbfr.cli import main
+    from comfy_diffbfr.host import folders
+
+    monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path / "empty"))
+    monkeypatch.setattr(folders, "PACK_WEIGHTS", tmp_path / "no_weights")
+    code = main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm64,irm256,tem"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "starter weights 'diffbfr_irm64.safetensors' are not installed" in err and "'--stages none'" in err
+    assert main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm65"]) == 2
+    assert "unknown stage(s) ['irm65']" in capsys.readouterr().err

@@ -95,13 +95,21 @@ def _as_list(images: ImageBatch):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_face_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for OUTDIR/<stem>.png")
-    parser.add_argument("--stages", default="none", help=f"stage list: {', '.join(STAGE_LISTS)} (default none)")
+    parser.add_argument("--stages", default="none",
+                        help=f"stage list: {', '.join(STAGE_LISTS)} (default none), or diffusion stages as a comma list of "
+                             "irm64,irm256,tem, run through workflows/diffbfr_full.json")
     parser.add_argument("--color-correction", choices=METHODS, default="none", help="pull restored faces towards the original colours")
-    parser.add_argument("--strength", type=float, default=1.0, help="colour-correction strength, 0..1")
+    parser.add_argument("--color-strength", type=float, default=1.0, help="colour-correction strength, 0..1")
+    parser.add_argument("--strength", default=None, metavar="S[,S...]",
+                        help="diffusion stages: truncation point t0 as a fraction of T, one for all stages or one per stage")
+    parser.add_argument("--steps", default=None, metavar="N[,N...]", help="diffusion stages: reverse steps, one or one per stage")
+    parser.add_argument("--seed", type=int, default=None, help="diffusion stages: random seed (face i uses seed + i)")
 
 
 def run(args: argparse.Namespace) -> int:
     selection = selection_from_args(args)
+    if args.stages not in STAGE_LISTS:
+        return _run_diffusion_stages(args, selection)
     restorer = stage_list(args.stages).build()
     failed = 0
     for path in list_images(args.inputs):
@@ -113,10 +121,36 @@ def run(args: argparse.Namespace) -> int:
             continue
         (result,) = restore_images(image, stages=args.stages, detector=args.detector, selection=selection,
                                    aligned=args.aligned, color_correction=args.color_correction,
-                                   strength=args.strength, restorer=restorer)
+                                   strength=args.color_strength, restorer=restorer)
         target = save_image(result.image, args.output / f"{path.stem}.png")
         if result.faces == 0:
             print(f"note: {path}: no face found, written unchanged to {target}", file=sys.stderr)
         else:
             print(f"{path}: {result.faces} face(s) -> {target}")
     return 2 if failed else 0
+
+
+def _run_diffusion_stages(args: argparse.Namespace, selection: Selection) -> int:
+    """The diffusion stages run as the default workflow through the headless runner."""
+    from ..workflow import restore_workflow as rw
+
+    stages = rw.parse_stages(args.stages)
+    strength = rw.per_stage(_numbers(args.strength, float, "--strength"), stages, "--strength") if args.strength else None
+    steps = rw.per_stage(_numbers(args.steps, int, "--steps"), stages, "--steps") if args.steps else None
+    prompt, load_id, paste_id = rw.restore_prompt(stages, strength=strength, steps=steps, seed=args.seed,
+                                                  aligned=args.aligned, detector=args.detector)
+    detect = next(k for k, v in prompt.items() if v["class_type"] == "DiffBFRFaceDetect")
+    prompt[detect]["inputs"].update(
+        selection=selection.mode, indices=",".join(map(str, selection.indices)), min_size=selection.min_size,
+        score_threshold=-1.0 if selection.score_threshold is None else selection.score_threshold,
+        max_faces=selection.max_count or 0)
+    paste = prompt[paste_id]["inputs"]
+    paste.update(color_correction=args.color_correction, strength=args.color_strength)
+    return rw.restore_paths(list_images(args.inputs), args.output, prompt, load_id, paste_id)
+
+
+def _numbers(text: str, kind: type, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DiffBFRError(f"{flag} takes a number or a comma list of numbers, got {text!r}") from None
