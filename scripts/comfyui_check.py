@@ -92,6 +92,37 @@ def queue(base: str, prompt: dict) -> dict:
     return {"error": "timeout"}
 
 
+def cancel_check(base: str, schemas: dict, photo: Path) -> dict:
+    """Cancel a long TEM run: how long after POST /interrupt it stopped, and whether the next run works."""
+    from comfy_diffbfr.workflow.ui_format import to_api
+
+    prompt = to_api(json.loads((REPO / "workflows" / "diffbfr_tem_polish.json").read_text()), schemas)
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = photo.name
+        if node["class_type"] == "DiffBFRTEM":
+            node["inputs"].update(steps=1000, strength=0.99, seed=12345)
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = "check/cancel"
+    pid = http(f"{base}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+    time.sleep(8)
+    pressed = time.time()
+    http(f"{base}/interrupt", {})
+    while True:
+        history = http(f"{base}/history/{pid}")
+        if pid in history and history[pid].get("status", {}).get("completed") is not None:
+            break
+        time.sleep(0.05)
+    stopped = time.time()
+    events = [m[0] for m in history[pid]["status"]["messages"]]
+    for node in prompt.values():
+        if node["class_type"] == "DiffBFRTEM":
+            node["inputs"].update(steps=2, seed=54321)
+    again = queue(base, prompt)
+    return {"events": events, "seconds_from_cancel_to_stop": round(stopped - pressed, 2),
+            "next_run_ok": "outputs" in again}
+
+
 def pixels(path: Path) -> np.ndarray:
     return np.array(Image.open(path))
 
@@ -106,6 +137,8 @@ def main() -> int:
     ap.add_argument("--workflows", type=Path, nargs="*", default=sorted((REPO / "workflows").glob("*.json")))
     ap.add_argument("--set", action="append", default=[], help="NODE.INPUT=VALUE for every workflow (both sides)")
     ap.add_argument("--report", type=Path, default=Path("comfyui_check.json"))
+    ap.add_argument("--cancel-check", action="store_true",
+                    help="also queue a 1000-step TEM, press Cancel (POST /interrupt) and time the stop")
     args = ap.parse_args()
 
     from comfy_diffbfr.workflow.runner import set_images, set_input
@@ -171,6 +204,9 @@ def main() -> int:
                                               for a, b in zip(saved, headless))
                 report["runs"].append(run)
                 print(json.dumps({k: v for k, v in run.items() if k != "headless_files"}))
+        if args.cancel_check:
+            report["cancel"] = cancel_check(base, schemas, args.photos[0])
+            print(json.dumps(report["cancel"]))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
