@@ -1,5 +1,6 @@
 """The pack's ComfyUI node classes (a few lines each over the ``comfy_diffbfr`` library)."""
 
+from .degrade_node import DiffBFRDegrade
 from .face_nodes import DiffBFRFaceDetect, DiffBFRPasteBack
 from .loader import DiffBFRModelLoader
 from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
@@ -12,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "DiffBFRIRM256": DiffBFRIRM256,
     "DiffBFRTEM": DiffBFRTEM,
     "DiffBFRPasteBack": DiffBFRPasteBack,
+    "DiffBFRDegrade": DiffBFRDegrade,  # extra: test inputs
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -21,4 +23,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DiffBFRIRM256": "DiffBFR IRM 256",
     "DiffBFRTEM": "DiffBFR TEM",
     "DiffBFRPasteBack": "DiffBFR Paste Back",
+    "DiffBFRDegrade": "DiffBFR Degrade (test input)",
 }

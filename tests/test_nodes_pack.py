@@ -81,3 +81,15 @@ def test_paste_back_with_mismatched_counts(nodes):
         paste.paste(torch.cat([photo, photo]), face_set, crops, "none", 1.0)
     image, mask = paste.paste(photo, face_set, torch.rand(1, 256, 256, 3), "wavelet", 1.0)
     assert image.shape == photo.shape and mask.shape[0] == 1
+
+
+def test_degrade_node_is_seeded_and_keeps_the_size(nodes):
+    image = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(0))
+    node = nodes["DiffBFRDegrade"]()
+    (a,) = node.degrade(image, 1.5, 3.0, 5.0, 50, 7)
+    (b,) = node.degrade(image, 1.5, 3.0, 5.0, 50, 7)
+    (c,) = node.degrade(image, 1.5, 3.0, 5.0, 50, 8)
+    assert a.shape == image.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert (a - image).abs().mean() > 0.02  # visibly degraded
+    (same,) = node.degrade(image, 0.0, 1.0, 0.0, 100, 0)
+    assert torch.allclose(same, image, atol=1e-5)  # every step off: unchanged
