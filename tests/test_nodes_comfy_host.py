@@ -1,0 +1,92 @@
+"""The host layer inside ComfyUI, against stand-ins for the ComfyUI modules it uses
+(``comfy.utils.ProgressBar``, ``comfy.model_management``, ``comfy.model_patcher.ModelPatcher``)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from comfy_diffbfr import stages
+from comfy_diffbfr.host import model_cache
+from pack_helpers import tiny_model
+
+
+class FakeInterrupt(Exception):
+    pass
+
+
+@pytest.fixture
+def comfy(monkeypatch):
+    """Minimal ``comfy`` package recording what the pack asks of it."""
+    calls = types.SimpleNamespace(progress=[], loads=[])
+    mm = types.ModuleType("comfy.model_management")
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.intermediate_device = lambda: torch.device("cpu")
+    mm.should_use_fp16 = lambda device=None: False
+    mm.should_use_bf16 = lambda device=None: False
+    mm.load_models_gpu = lambda models, **kw: calls.loads.append((list(models), kw))
+    mm.interrupt_processing = False
+
+    def throw():
+        if mm.interrupt_processing:
+            mm.interrupt_processing = False
+            raise FakeInterrupt()
+
+    mm.throw_exception_if_processing_interrupted = throw
+    utils = types.ModuleType("comfy.utils")
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            calls.progress.append((value, total, preview))
+
+    utils.ProgressBar = ProgressBar
+    patcher_mod = types.ModuleType("comfy.model_patcher")
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+    patcher_mod.ModelPatcher = ModelPatcher
+    pkg = types.ModuleType("comfy")
+    pkg.model_management, pkg.utils, pkg.model_patcher = mm, utils, patcher_mod
+    for name, module in {"comfy": pkg, "comfy.model_management": mm, "comfy.utils": utils,
+                         "comfy.model_patcher": patcher_mod}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    calls.mm = mm
+    return calls
+
+
+def test_models_are_wrapped_and_loaded_through_comfy_model_management(comfy, tmp_path):
+    path = tiny_model(tmp_path / "tem.safetensors", "tem", [], resolution=64)
+    loaded, patcher = model_cache.ModelCache().get(path)
+    assert patcher.model is loaded.net and patcher.load_device == torch.device("cpu")
+    handle = model_cache.ModelHandle(loaded=loaded, name="tem.safetensors", patcher=patcher)
+    out = stages.run_tem(handle, torch.rand(1, 64, 64, 3), strength=0.2, steps=3, seed=0)
+    assert out.shape == (1, 64, 64, 3)
+    assert comfy.loads == [([patcher], {"force_full_load": True})]  # loaded right before use, fully
+    # the progress bar advanced every step, each time with a JPEG preview of the x0 estimate
+    assert [(v, t) for v, t, _ in comfy.progress] == [(1, 3), (2, 3), (3, 3)]
+    kind, image, max_size = comfy.progress[-1][2]
+    assert kind == "JPEG" and image.size == (64, 64) and max_size == 512
+
+
+def test_comfy_cancel_stops_the_stage_at_the_next_step(comfy, tmp_path):
+    path = tiny_model(tmp_path / "tem.safetensors", "tem", [], resolution=64)
+    loaded, patcher = model_cache.ModelCache().get(path)
+    handle = model_cache.ModelHandle(loaded=loaded, name="tem.safetensors", patcher=patcher)
+
+    def cancel_after_first_step(value, total=None, preview=None):
+        comfy.progress.append((value, total, preview))
+        comfy.mm.interrupt_processing = True  # the user pressed Cancel during step 1
+
+    sys.modules["comfy.utils"].ProgressBar.update_absolute = lambda self, *a, **k: cancel_after_first_step(*a, **k)
+    with pytest.raises(FakeInterrupt):
+        stages.run_tem(handle, torch.rand(1, 64, 64, 3), strength=0.5, steps=50, seed=0)
+    assert len(comfy.progress) == 1
