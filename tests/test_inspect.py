@@ -85,6 +85,7 @@ def test_recognition_supplies_what_weights_cannot_say(parity_dir):
     sigs = {s["name"]: s for s in _signatures(parity_dir)}
     sr3 = inspect_state_dict(_meta(sigs["sr3_64_512"]["keys"]))
     assert sr3["config"]["norm_groups"] == 16  # the weights alone would suggest 32... or any divisor
+    assert sr3["config"]["image_size"] == 512
     assert (sr3["role"], sr3["conditions"], sr3["resolution"]) == ("irm256", ["lq"], 512)
     assert (sr3["schedule"]["name"], sr3["schedule"]["num_timesteps"]) == ("linear_range", 2000)
     assert sr3["schedule"]["args"] == {"start": 1e-6, "end": 0.01}
