@@ -80,7 +80,6 @@ def _cases() -> list[Any]:
 
 @pytest.mark.parametrize("folder,fixture,path", _cases())
 def test_fixture_checkpoint_reproduces_reference(folder, fixture, path):
-    torch.set_num_threads(2)
     model = load_model(path, _hints(fixture))
     assert model.format == FORMATS[fixture["format"]][0]
     assert not model.net.training and all(p.dtype == torch.float32 for p in model.net.parameters())
