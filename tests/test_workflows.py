@@ -119,6 +119,6 @@ def test_restore_without_the_starter_weights_says_what_to_do(tmp_path, capsys, m
     code = main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm64,irm256,tem"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "starter weights 'diffbfr_irm64.safetensors' are not installed" in err and "'--stages none'" in err
+    assert "starter weights 'irm64.safetensors' are not installed" in err and "'--stages none'" in err
     assert main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm65"]) == 2
     assert "unknown stage(s) ['irm65']" in capsys.readouterr().err
