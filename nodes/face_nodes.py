@@ -53,7 +53,7 @@ class DiffBFRFaceDetect:
         face_set = detect_faces(image, detector=detector, selection=chosen, crop_size=crop_size, aligned=aligned)
         if len(face_set) == 0:
             raise NoFaceError(
-                f"no face found with detector {detector!r} ({'; '.join(map(str, face_set.notes))}). Try another "
+                f"no face found with detector {detector!r} ({'; '.join(face_set.notes.values())}). Try another "
                 "detector, or set 'aligned' when the images are already face crops."
             )
         return (face_set, face_set.crops)
