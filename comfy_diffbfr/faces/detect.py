@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -83,7 +81,7 @@ def detect_faces(
         kept = selection.apply(boxes, scores, (h, w))
         if not kept:
             found = f"{len(raws)} detected, none selected" if raws else "none detected"
-            notes[index] = f"no face to restore in image {index} ({w}x{h}): {found}"
+            notes[index] = f"no face found in image {index} ({w}x{h}; {found})"
         for k in kept:
             landmarks = _to_photo(raws[k].landmarks, scale)
             affine = similarity_to_template(landmarks, crop_size)
