@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .errors import DiffBFRError, NoFaceError, WrongModelKindError
 from .host import interrupt
-from .host.device import autocast
+from .host.device import autocast, intermediate_device
 from .host.model_cache import ModelHandle
 from .host.progress import PreviewCallback, StageProgress
 
@@ -138,7 +138,7 @@ def run_stage(
             f"{stage.title} got an empty batch: the face set has no faces. Check the DiffBFR Face "
             "Detect node (another detector, a lower threshold, or 'aligned' for pre-cropped faces)."
         )
-    size = size or x.shape[-1]
+    size = size or tuple(x.shape[-2:])  # a model without a native size runs at the input's size
     conds = []
     for source in model.loaded.conditions:
         if source == "prev":
@@ -168,7 +168,7 @@ def run_stage(
         progress = StageProgress(steps, stage.title, callback)
 
         def on_step(step: int, total: int, x0: torch.Tensor) -> None:
-            progress.update(step, x0)
+            progress.update(step, total, x0)
             interrupt.check_interrupt()
 
         net = model.loaded if dtype == torch.float32 else _FiniteOutputs(model.loaded)
@@ -185,7 +185,7 @@ def run_stage(
         out = sample(dtype)
     except _NonFinite:
         out = sample(torch.float32)  # half precision overflowed: redo this stage in float32
-    out = ((out.cpu() + 1) / 2).clamp(0, 1)
+    out = ((out.to(intermediate_device()) + 1) / 2).clamp(0, 1)
     if stage.keeps_size and out.shape[-2:] != x.shape[-2:]:
         out = resize(out, x.shape[-2:])
     return out.movedim(1, -1).contiguous()

@@ -47,7 +47,7 @@ def http(url: str, body: dict | None = None) -> dict:
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
+            return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return {"http_error": exc.code, "body": json.loads(exc.read() or b"{}")}
 
@@ -210,7 +210,7 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    args.report.write_text(json.dumps(report, indent=1))
+        args.report.write_text(json.dumps(report, indent=1))
     ok = (not report["import_failed"] and all(report["node_ids_present"].values())
           and all(r.get("bit_identical") for r in report["runs"]))
     print(json.dumps({k: report[k] for k in ("import_failed", "node_ids_present", "pack_import_line")}, indent=1))

@@ -36,11 +36,6 @@ def compute_device() -> torch.device:
     return torch.device("cpu")
 
 
-def offload_device() -> torch.device:
-    mm = _comfy_mm()
-    return torch.device(mm.unet_offload_device()) if mm is not None else torch.device("cpu")
-
-
 def supports_dtype(device: torch.device, dtype: torch.dtype) -> bool:
     if dtype == torch.float32:
         return True

@@ -44,13 +44,16 @@ class StageProgress:
             except ImportError:
                 self._tqdm = _tqdm_bar(total, label)
 
-    def update(self, step: int, x0: torch.Tensor) -> None:
+    def update(self, step: int, total: int, x0: torch.Tensor) -> None:
+        """After step ``step`` of ``total`` (the sampler's count, which may differ from the request)."""
+        self.total = total
         if self.callback is not None:
             self.callback(step, self.total, preview_image(x0))
         elif self._comfy_bar is not None:
             preview = ("JPEG", _to_pil(preview_image(x0)), PREVIEW_MAX_SIZE)
             self._comfy_bar.update_absolute(step, self.total, preview)
         elif self._tqdm is not None:
+            self._tqdm.total = total
             self._tqdm.update(1)
 
     def close(self) -> None:
