@@ -124,7 +124,7 @@ def timing(detector_name: str, faces: list[np.ndarray], repeats: int) -> None:
 
     def detect():
         small, scale = detection_copy(image, detector.max_side)
-        return detector.detect(small, detector.default_threshold), scale
+        return detector.detect(small, detector.default_threshold), scale  # scale = (sx, sy)
 
     detect()  # warm-up
     ms_detect, (raws, scale) = _timed(detect, repeats)

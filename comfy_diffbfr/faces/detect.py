@@ -15,21 +15,34 @@ from .selection import Selection
 MIN_DETECTABLE = 16  # px: no detector finds a face in a smaller photo
 
 
-def detection_copy(image: torch.Tensor, max_side: int) -> tuple[np.ndarray, float]:
-    """RGB uint8 copy of ``image [H, W, C]`` scaled so its long side is at most ``max_side``, and the scale."""
+def detection_copy(image: torch.Tensor, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 copy of ``image [H, W, C]`` scaled so its long side is at most ``max_side``, and the
+    scale ``(sx, sy)`` from photo to copy.
+
+    A big photo is first shrunk by an integer factor with area averaging, band by band, so it never
+    gets a full-size copy; OpenCV's area resize then brings it to the exact size."""
     import cv2
 
     h, w = image.shape[:2]
-    rgb = to_uint8(image[..., :3])
     scale = min(1.0, max_side / max(h, w))
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        scale = size[0] / w
-    return rgb, scale
+    if scale == 1.0:
+        return to_uint8(image[..., :3]), np.ones(2)
+    k = int(1.0 / scale)
+    if k > 1:
+        band = 64 * k
+        small = torch.cat([
+            F.avg_pool2d(image[y : y + band, : w - w % k, :3].permute(2, 0, 1)[None], k)[0].permute(1, 2, 0)
+            for y in range(0, h - h % k, band)
+        ])
+    else:
+        small = image[..., :3]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    rgb = cv2.resize(to_uint8(small), size, interpolation=cv2.INTER_AREA)
+    # the integer shrink dropped up to k-1 rows/columns at the far edges, so each axis has its own scale
+    return rgb, np.array([size[0] / (w - w % k), size[1] / (h - h % k)])
 
 
-def _to_photo(points: np.ndarray, scale: float) -> np.ndarray:
+def _to_photo(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
     # pixel centres: x_small + 0.5 = (x + 0.5) * scale
     return (np.asarray(points, dtype=np.float64) + 0.5) / scale - 0.5
 

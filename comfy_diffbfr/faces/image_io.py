@@ -108,8 +108,8 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     """``[H, W, C]`` float in [0, 1] to uint8 with rounding (so ``k/255`` comes back as exactly ``k``)."""
     out = np.empty(tuple(image.shape), dtype=np.uint8)
     for y in range(0, image.shape[0], _BAND_ROWS):
-        band = image[y : y + _BAND_ROWS]
-        out[y : y + _BAND_ROWS] = (band.clamp(0, 1) * 255.0).round_().to(torch.uint8).cpu().numpy()
+        band = image[y : y + _BAND_ROWS] * 255.0
+        out[y : y + _BAND_ROWS] = band.clamp_(0, 255).round_().to(torch.uint8).cpu().numpy()
     return out
 
 
