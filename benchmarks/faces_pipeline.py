@@ -197,7 +197,7 @@ def main() -> int:
     parser.add_argument("--background", action="append", default=[], type=Path, help="face-free pictures for the compositions")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--retinaface-speed", action="store_true", help="also time RetinaFace forwards (random weights)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not (SHARED / "aligned").is_dir():
@@ -216,7 +216,8 @@ def main() -> int:
         h, w = int(rng.integers(700, 1700)), int(rng.integers(700, 1700))
         photo, count = group_photo(faces, backgrounds[k % len(backgrounds)], h, w, int(rng.integers(1, 7)), rng)
         groups.append((f"group_{k:02d} ({w}x{h})", torch.from_numpy(photo).float()[None] / 255.0, count))
-    measure("composed group photos", groups, args.detector)
+    if groups:
+        measure("composed group photos", groups, args.detector)
     if args.photo:
         given = []
         for item in args.photo:

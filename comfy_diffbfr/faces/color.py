@@ -19,11 +19,12 @@ def adain(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor
 
 
 def _blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    """One à-trous step: a dilated 3x3 binomial blur with edge replication."""
-    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
-    kernel = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, 3, 3)
-    x = F.pad(x, (dilation,) * 4, mode="replicate")
-    return F.conv2d(x, kernel, dilation=dilation, groups=x.shape[1])
+    """One à-trous step: the [1, 2, 1] / 4 binomial with holes of ``dilation``, along both axes
+    (separable, by slicing: much faster than a dilated convolution), edges replicated."""
+    d = dilation
+    x = F.pad(x, (d, d, d, d), mode="replicate")
+    x = (x[..., :, : -2 * d] + 2 * x[..., :, d:-d] + x[..., :, 2 * d :]) * 0.25
+    return (x[..., : -2 * d, :] + 2 * x[..., d:-d, :] + x[..., 2 * d :, :]) * 0.25
 
 
 def low_frequencies(x: torch.Tensor, levels: int = _WAVELET_LEVELS) -> torch.Tensor:
