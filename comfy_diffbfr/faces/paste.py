@@ -114,10 +114,16 @@ def paste_back(
     prepare = _CropPreparer(face_set, restored, color_correction, strength, use_parsing, device)
     to_restored = np.diag([rw / face_set.crop_size, rh / face_set.crop_size])
 
-    outputs, masks = [], []
-    for index, image in enumerate(batch):
-        out = image.clone()
-        mask = torch.zeros(image.shape[:2], dtype=torch.float32)
+    # One copy of the input to write into; a batch tensor is copied whole, so no second copy is stacked.
+    if isinstance(images, torch.Tensor):
+        whole = images.clone()
+        outputs = as_image_list(whole)
+        whole_masks = torch.zeros(len(outputs), *outputs[0].shape[:2])
+        masks = list(whole_masks.unbind(0))
+    else:
+        outputs = [image.clone() for image in batch]
+        masks = [torch.zeros(image.shape[:2]) for image in batch]
+    for index, (image, out, mask) in enumerate(zip(batch, outputs, masks)):
         rows = face_set.indices_of(index)
         if rows:
             # image -> restored-crop pixel centres: scale the crop_size matrix about the pixel centres
@@ -131,10 +137,8 @@ def paste_back(
             for group in _clusters([boxes[k] for k in present]):
                 members = [present[g] for g in group]
                 _blend_group(out, mask, [(prepare(rows[k]), affines[k], boxes[k]) for k in members], device)
-        outputs.append(out)
-        masks.append(mask)
     if isinstance(images, torch.Tensor):
-        return torch.stack(outputs) if images.ndim == 4 else outputs[0], torch.stack(masks)
+        return whole, whole_masks
     return [o[None] for o in outputs], [m[None] for m in masks]
 
 
