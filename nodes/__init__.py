@@ -3,6 +3,7 @@
 from .degrade_node import DiffBFRDegrade
 from .face_nodes import DiffBFRFaceDetect, DiffBFRPasteBack
 from .loader import DiffBFRModelLoader
+from .restore_node import DiffBFRRestore
 from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
 
 # These ids are stored in saved workflows: never rename them.
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "DiffBFRTEM": DiffBFRTEM,
     "DiffBFRPasteBack": DiffBFRPasteBack,
     "DiffBFRDegrade": DiffBFRDegrade,  # extra: test inputs
+    "DiffBFRRestore": DiffBFRRestore,  # extra: the whole pipeline in one node
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -24,4 +26,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DiffBFRTEM": "DiffBFR TEM",
     "DiffBFRPasteBack": "DiffBFR Paste Back",
     "DiffBFRDegrade": "DiffBFR Degrade (test input)",
+    "DiffBFRRestore": "DiffBFR Restore (all in one)",
 }

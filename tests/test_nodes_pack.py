@@ -93,3 +93,25 @@ def test_degrade_node_is_seeded_and_keeps_the_size(nodes):
     assert (a - image).abs().mean() > 0.02  # visibly degraded
     (same,) = node.degrade(image, 0.0, 1.0, 0.0, 100, 0)
     assert torch.allclose(same, image, atol=1e-5)  # every step off: unchanged
+
+
+def test_all_in_one_restore_equals_the_chain_of_nodes(nodes, model_dir, monkeypatch):
+    from comfy_diffbfr.workflow.core_nodes import load_image_file
+    from pack_helpers import REPO
+
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    tiny_model(model_dir / "i64.safetensors", "irm64", ["lq"], resolution=64)
+    tiny_model(model_dir / "tem.safetensors", "tem", [], resolution=None)
+    load = nodes["DiffBFRModelLoader"]().load
+    (m64,), (mtem,) = load("i64.safetensors", "auto"), load("tem.safetensors", "auto")
+    photo, _ = load_image_file(REPO / "examples" / "diffbfr_example.png")
+    monkeypatch.setattr(nodes["DiffBFRIRM64"], "DEFAULTS", (0.6, 3))  # the stage nodes' defaults, shortened
+    monkeypatch.setattr(nodes["DiffBFRTEM"], "DEFAULTS", (0.1, 2))
+    with pytest.raises(DiffBFRError, match="connect at least one model"):
+        nodes["DiffBFRRestore"]().restore(photo, "auto", "none", 3)
+    image, mask = nodes["DiffBFRRestore"]().restore(photo, "auto", "none", 3, irm64=m64, tem=mtem)
+    face_set, crops = nodes["DiffBFRFaceDetect"]().detect(photo, "auto", "all", 512, False)
+    (x,) = nodes["DiffBFRIRM64"]().run(m64, crops, strength=0.6, steps=3, sampler="ddim", eta=0.0, seed=3, seed_mode="per_face")
+    (x,) = nodes["DiffBFRTEM"]().run(mtem, x, strength=0.1, steps=2, sampler="ddim", eta=0.0, seed=3, seed_mode="per_face")
+    chained, _ = nodes["DiffBFRPasteBack"]().paste(photo, face_set, x, "none", 1.0)
+    assert torch.equal(image, chained) and mask.shape == (1, *photo.shape[1:3])

@@ -25,7 +25,7 @@ def test_the_six_stable_ids_are_exported_with_display_names(mappings):
     assert all(names[k].startswith("DiffBFR") for k in classes)
 
 
-@pytest.mark.parametrize("node_id", sorted(NODE_IDS | {"DiffBFRDegrade"}))
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS | {"DiffBFRDegrade", "DiffBFRRestore"}))
 def test_schema_is_valid(mappings, node_id):
     cls = mappings[0][node_id]
     schema = cls.INPUT_TYPES()

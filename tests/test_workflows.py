@@ -21,11 +21,11 @@ def starter_models(tmp_path_factory):
 
 
 def quick_prompt(path):
-    """The workflow in API form with 2 steps per stage and small crops, so it runs in seconds."""
+    """The workflow in API form with 1 step per stage and small crops, so it runs in seconds."""
     prompt = to_prompt(json.loads(path.read_text()), node_classes())
     for node in prompt.values():
         if node["class_type"] in STAGE_NODES:
-            node["inputs"]["steps"] = 2
+            node["inputs"]["steps"] = 1
         if node["class_type"] == "DiffBFRFaceDetect":
             node["inputs"]["crop_size"] = 128
     return prompt

@@ -1,0 +1,49 @@
+"""DiffBFRRestore (extra): the whole pipeline in one node, each stage at its node's default settings."""
+
+from __future__ import annotations
+
+import torch
+
+from .common import CATEGORY, MAX_SEED, MODEL
+from .face_nodes import COLOR_CORRECTIONS, DiffBFRFaceDetect, DiffBFRPasteBack
+from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
+
+from comfy_diffbfr import stages
+from comfy_diffbfr.errors import DiffBFRError
+from comfy_diffbfr.faces.detectors import DETECTORS
+
+_STAGES = (("irm64", DiffBFRIRM64), ("irm256", DiffBFRIRM256), ("tem", DiffBFRTEM))
+
+
+class DiffBFRRestore:
+    DESCRIPTION = (
+        "Detect, restore and paste back every face in one node. Connect any of the three stage models "
+        "(they run in the order IRM 64, IRM 256, TEM) at the stage nodes' default strength and steps."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "detector": (list(DETECTORS), {"default": "auto"}),
+                "color_correction": (list(COLOR_CORRECTIONS), {"default": "wavelet"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+            },
+            "optional": {name: (MODEL,) for name, _ in _STAGES},
+        }
+
+    def restore(self, image: torch.Tensor, detector: str, color_correction: str, seed: int, **models) -> tuple:
+        chosen = [(models[name], node) for name, node in _STAGES if models.get(name) is not None]
+        if not chosen:
+            raise DiffBFRError("DiffBFR Restore: connect at least one model (irm64, irm256 or tem) from a DiffBFR Model Loader.")
+        face_set, crops = DiffBFRFaceDetect().detect(image, detector, "all", 512, False)
+        restored = crops
+        for handle, node in chosen:
+            strength, steps = node.DEFAULTS
+            restored = stages.run_stage(node.STAGE, handle, restored, lq=crops, strength=strength, steps=steps, seed=seed)
+        return DiffBFRPasteBack().paste(image, face_set, restored, color_correction, 1.0)
