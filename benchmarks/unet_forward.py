@@ -62,7 +62,8 @@ def measure(name: str, batch: int, dtype: str, device: str, iters: int, size: in
         for p in net.parameters():
             p.normal_(0.0, 0.02)
     weights_mib = sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20
-    size = size or native
+    levels = len(config.get("channel_mult") or config.get("channel_mults") or config["block_out_channels"])
+    size = max(size or native, 2 ** (levels - 1))  # each level halves the size: DifFace-512 needs >= 64
     gen = torch.Generator(device).manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen, device=device)
     cond = torch.randn(batch, cond_ch, size, size, generator=gen, device=device) if cond_ch else None
