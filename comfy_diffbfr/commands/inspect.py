@@ -98,7 +98,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"resolution:        {report['resolution'] or 'unknown (fully convolutional)'}",
         f"parameters:        {report['num_params']:,}",
         f"unwrapped:         {'; '.join(report['wrapping']) or 'raw state dict'}",
-        f"schedule:          {sched['name']} {sched['args'] or ''} T={sched['num_timesteps']}, "
+        f"schedule:          {sched['name']}{' ' + json.dumps(sched['args']) if sched['args'] else ''} T={sched['num_timesteps']}, "
         f"beta {sched['beta_first']:.3g}..{sched['beta_last']:.3g}, abar(T)={sched['abar_last']:.3g}",
         f"diffusion:         prediction {diff['prediction']}, learned sigma {diff['learned_sigma']}, "
         f"rescale timesteps {diff['rescale_timesteps']}, noise conditioning {diff['noise_conditioning']}"
