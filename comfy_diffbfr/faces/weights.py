@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ def ensure_weights(key: str, *, download: bool = True) -> Path:
     partial = target.with_name(target.name + ".part")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {spec.url} -> {target}", flush=True)
+        print(f"downloading {spec.url} -> {target}", file=sys.stderr, flush=True)  # stdout may carry --json
         _download(spec.url, partial)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         partial.unlink(missing_ok=True)
