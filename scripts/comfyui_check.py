@@ -136,6 +136,7 @@ def main() -> int:
     ap.add_argument("--photos", type=Path, nargs="+", default=[REPO / "examples" / "diffbfr_example.png"])
     ap.add_argument("--workflows", type=Path, nargs="*", default=sorted((REPO / "workflows").glob("*.json")))
     ap.add_argument("--set", action="append", default=[], help="NODE.INPUT=VALUE for every workflow (both sides)")
+    ap.add_argument("--steps", type=int, default=None, help="steps of every stage node (both sides), to keep CPU runs short")
     ap.add_argument("--report", type=Path, default=Path("comfyui_check.json"))
     ap.add_argument("--cancel-check", action="store_true",
                     help="also queue a 1000-step TEM, press Cancel (POST /interrupt) and time the stop")
@@ -174,7 +175,11 @@ def main() -> int:
                         node["inputs"]["image"] = photo.name
                     if node["class_type"] == "SaveImage":
                         node["inputs"]["filename_prefix"] = f"check/{wf_path.stem}_{photo.stem}"
-                for assignment in args.set:
+                assignments = list(args.set)
+                if args.steps:
+                    assignments += [f"{k}.steps={args.steps}" for k, v in prompt.items()
+                                    if v["class_type"] in ("DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM")]
+                for assignment in assignments:
                     set_input(prompt, assignment)
                 started = time.time()
                 result = queue(base, prompt)
@@ -189,7 +194,7 @@ def main() -> int:
                 run["comfyui_files"] = [str(p) for p in saved]
                 headless_dir = Path(tempfile.mkdtemp())
                 cmd = [sys.executable, "-m", "comfy_diffbfr", "run", str(wf_path), "-o", str(headless_dir), "--input", str(photo)]
-                for assignment in args.set:
+                for assignment in assignments:
                     cmd += ["--set", assignment]
                 env = {**os.environ, **ENV, "COMFY_DIFFBFR_MODELS": str(models), "PYTHONPATH": str(REPO)}
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
