@@ -95,9 +95,9 @@ def _as_list(images: ImageBatch):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_face_arguments(parser)
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for OUTDIR/<stem>.png")
-    parser.add_argument("--stages", default="none",
-                        help=f"stage list: {', '.join(STAGE_LISTS)} (default none), or diffusion stages as a comma list of "
-                             "irm64,irm256,tem, run through workflows/diffbfr_full.json")
+    parser.add_argument("--stages", default="irm64,irm256,tem",
+                        help="diffusion stages as a comma list of irm64,irm256,tem (default: all three, run through "
+                             f"workflows/diffbfr_full.json with the starter weights), or a stage list: {', '.join(STAGE_LISTS)}")
     parser.add_argument("--color-correction", choices=METHODS, default="none", help="pull restored faces towards the original colours")
     parser.add_argument("--color-strength", type=float, default=1.0, help="colour-correction strength, 0..1")
     parser.add_argument("--strength", default=None, metavar="S[,S...]",
