@@ -33,7 +33,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _restore(tmp_path, *files, extra=()) -> int:
-    return main(["restore", *map(str, files), "-o", str(tmp_path / "out"), "--detector", "dlib", *extra])
+    return main(["restore", *map(str, files), "-o", str(tmp_path / "out"), "--detector", "dlib", "--stages", "none", *extra])
 
 
 def test_faces_json_lists_boxes_landmarks_scores_and_writes_crops(faces_dir, tmp_path, capsys):
@@ -134,7 +134,8 @@ def test_huge_photo_keeps_memory_bounded(portrait, tmp_path):
     canvas.save(tmp_path / "huge.jpg", quality=90)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run(
-        [sys.executable, "-m", "comfy_diffbfr", "restore", str(tmp_path / "huge.jpg"), "-o", str(tmp_path / "out"), "--detector", "dlib"],
+        [sys.executable, "-m", "comfy_diffbfr", "restore", str(tmp_path / "huge.jpg"), "-o", str(tmp_path / "out"), "--detector", "dlib",
+         "--stages", "none"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
