@@ -142,7 +142,7 @@ def main() -> int:
                     help="also queue a 1000-step TEM, press Cancel (POST /interrupt) and time the stop")
     args = ap.parse_args()
 
-    from comfy_diffbfr.workflow.runner import set_images, set_input
+    from comfy_diffbfr.workflow.runner import set_input
     from comfy_diffbfr.workflow.ui_format import to_api
 
     comfyui = args.comfyui.resolve()
