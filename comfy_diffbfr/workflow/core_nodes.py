@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -43,31 +44,35 @@ class RunContext:
         return self.output_dir / "temp"
 
 
+@contextmanager
+def _truncated_images_allowed():
+    """Let PIL finish truncated files, as ComfyUI does on a second try."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def _open_image(path: Path) -> Image.Image:
     """PIL open, retrying truncated files the way ComfyUI does."""
     try:
         return Image.open(path)
     except (OSError, UnidentifiedImageError, ValueError):
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
-            return Image.open(path)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise ImageReadError(f"cannot read image {path}: {exc}") from None
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        with _truncated_images_allowed():
+            try:
+                return Image.open(path)
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                raise ImageReadError(f"cannot read image {path}: {exc}") from None
 
 
 def _exif_transpose(frame: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(frame)
     except (OSError, UnidentifiedImageError, ValueError):
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
+        with _truncated_images_allowed():
             return ImageOps.exif_transpose(frame)
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,13 +137,22 @@ def common_upscale(samples: torch.Tensor, width: int, height: int, method: str, 
     return F.interpolate(samples, size=(height, width), mode=method)
 
 
-class LoadImage:
-    CATEGORY = "image"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    FUNCTION = "load_image"
+def _resize_image(image: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """``common_upscale`` for an IMAGE ``[B,H,W,C]``."""
+    return common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
+
+
+class _CoreNode:
+    """Core nodes get the run's folders when built (the pack's nodes take no arguments)."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
+
+
+class LoadImage(_CoreNode):
+    CATEGORY = "image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -161,16 +175,13 @@ class LoadImage:
         return load_image_file(self.resolve(image))
 
 
-class SaveImage:
+class SaveImage(_CoreNode):
     CATEGORY = "image"
     RETURN_TYPES = ()
     FUNCTION = "save_images"
     OUTPUT_NODE = True
     KIND = "output"
     COMPRESS_LEVEL = 4
-
-    def __init__(self, ctx: RunContext) -> None:
-        self.ctx = ctx
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -233,13 +244,10 @@ class PreviewImage(SaveImage):
         return "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
 
 
-class ImageScale:
+class ImageScale(_CoreNode):
     CATEGORY = "image/upscaling"
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "upscale"
-
-    def __init__(self, ctx: RunContext) -> None:
-        pass
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -253,21 +261,17 @@ class ImageScale:
     def upscale(self, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str) -> tuple[torch.Tensor]:
         if width == 0 and height == 0:
             return (image,)
-        samples = image.movedim(-1, 1)
         if width == 0:
-            width = max(1, round(samples.shape[3] * height / samples.shape[2]))
+            width = max(1, round(image.shape[2] * height / image.shape[1]))
         elif height == 0:
-            height = max(1, round(samples.shape[2] * width / samples.shape[3]))
-        return (common_upscale(samples, width, height, upscale_method, crop).movedim(1, -1),)
+            height = max(1, round(image.shape[1] * width / image.shape[2]))
+        return (_resize_image(image, width, height, upscale_method, crop),)
 
 
-class ImageScaleBy:
+class ImageScaleBy(_CoreNode):
     CATEGORY = "image/upscaling"
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "upscale"
-
-    def __init__(self, ctx: RunContext) -> None:
-        pass
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -277,18 +281,14 @@ class ImageScaleBy:
         }}
 
     def upscale(self, image: torch.Tensor, upscale_method: str, scale_by: float) -> tuple[torch.Tensor]:
-        samples = image.movedim(-1, 1)
-        width, height = round(samples.shape[3] * scale_by), round(samples.shape[2] * scale_by)
-        return (common_upscale(samples, width, height, upscale_method, "disabled").movedim(1, -1),)
+        width, height = round(image.shape[2] * scale_by), round(image.shape[1] * scale_by)
+        return (_resize_image(image, width, height, upscale_method, "disabled"),)
 
 
-class ImageBatch:
+class ImageBatch(_CoreNode):
     CATEGORY = "image"
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "batch"
-
-    def __init__(self, ctx: RunContext) -> None:
-        pass
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -296,7 +296,7 @@ class ImageBatch:
 
     def batch(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor]:
         if image1.shape[1:] != image2.shape[1:]:
-            image2 = common_upscale(image2.movedim(-1, 1), image1.shape[2], image1.shape[1], "bilinear", "center").movedim(1, -1)
+            image2 = _resize_image(image2, image1.shape[2], image1.shape[1], "bilinear", "center")
         return (torch.cat((image1, image2), dim=0),)
 
 
