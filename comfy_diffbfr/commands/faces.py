@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 from ..errors import DiffBFRError, ImageReadError
 from ..faces import DETECTORS, Selection, detect_faces, list_images, load_image, save_image
@@ -40,6 +43,25 @@ def selection_from_args(args: argparse.Namespace) -> Selection:
                      score_threshold=args.score_threshold, max_count=args.max_faces)
 
 
+class ReadableImages:
+    """The images of the command's INPUTs, read one at a time (shared with `restore`); an
+    unreadable one is reported on stderr, counted in ``failed`` and skipped."""
+
+    def __init__(self, inputs: list[str]) -> None:
+        self.paths = list_images(inputs)
+        self.failed = 0
+
+    def __iter__(self) -> Iterator[tuple[Path, torch.Tensor]]:
+        for path in self.paths:
+            try:
+                image = load_image(path)
+            except ImageReadError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                self.failed += 1
+                continue
+            yield path, image
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_face_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of {image, faces: [{box, landmarks, score}]}")
@@ -49,14 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     selection = selection_from_args(args)
-    report, failed = [], 0
-    for path in list_images(args.inputs):
-        try:
-            image = load_image(path)
-        except ImageReadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
+    report, images = [], ReadableImages(args.inputs)
+    for path, image in images:
         face_set = detect_faces(image, detector=args.detector, selection=selection, crop_size=args.size, aligned=args.aligned)
         report.append({"image": str(path), "faces": [f.to_json() for f in face_set.faces]})
         if args.out is not None:
@@ -67,4 +83,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}: {len(face_set)} face(s) ({face_set.detector}) {boxes}".rstrip())
     if args.json:
         print(json.dumps(report))
-    return 2 if failed else 0
+    return 2 if images.failed else 0

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DiffBFRError, ImageReadError
-from ..faces import Selection, detect_faces, list_images, load_image, paste_back, save_image
+from ..errors import DiffBFRError
+from ..faces import Selection, detect_faces, list_images, paste_back, save_image
 from ..faces.color import METHODS
 from ..faces.face_set import ImageBatch
-from .faces import add_face_arguments, selection_from_args
+from .faces import ReadableImages, add_face_arguments, selection_from_args
 
 HELP = "restore every face in photos or folders and write OUTDIR/<stem>.png"
 
@@ -111,14 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stages not in STAGE_LISTS:
         return _run_diffusion_stages(args, selection)
     restorer = stage_list(args.stages).build()
-    failed = 0
-    for path in list_images(args.inputs):
-        try:
-            image = load_image(path)
-        except ImageReadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
+    images = ReadableImages(args.inputs)
+    for path, image in images:
         (result,) = restore_images(image, stages=args.stages, detector=args.detector, selection=selection,
                                    aligned=args.aligned, color_correction=args.color_correction,
                                    strength=args.color_strength, restorer=restorer)
@@ -127,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {path}: no face found, written unchanged to {target}", file=sys.stderr)
         else:
             print(f"{path}: {result.faces} face(s) -> {target}")
-    return 2 if failed else 0
+    return 2 if images.failed else 0
 
 
 def _run_diffusion_stages(args: argparse.Namespace, selection: Selection) -> int:
