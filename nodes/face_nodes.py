@@ -13,6 +13,16 @@ from comfy_diffbfr.faces.selection import MODES, Selection
 COLOR_CORRECTIONS = ("wavelet", "adain", "none")
 
 
+# Widgets that DiffBFRRestore repeats: one definition keeps their choices and defaults equal
+# (built per call, like the rest of INPUT_TYPES, so no two schemas share a mutable object).
+def detector_widget() -> tuple:
+    return (list(DETECTORS), {"default": "auto"})
+
+
+def color_correction_widget() -> tuple:
+    return (list(COLOR_CORRECTIONS), {"default": "wavelet"})
+
+
 class DiffBFRFaceDetect:
     DESCRIPTION = "Finds faces, aligns them FFHQ-style and outputs the face set and the aligned crops as an IMAGE batch."
     CATEGORY = CATEGORY
@@ -25,7 +35,7 @@ class DiffBFRFaceDetect:
         return {
             "required": {
                 "image": ("IMAGE",),
-                "detector": (list(DETECTORS), {"default": "auto"}),
+                "detector": detector_widget(),
                 "selection": (list(MODES), {"default": "all", "tooltip": "Which faces of each image to restore (index: see 'indices')."}),
                 "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
                 "aligned": ("BOOLEAN", {"default": False, "tooltip": "The images are already aligned face crops."}),
@@ -73,7 +83,7 @@ class DiffBFRPasteBack:
                 "image": ("IMAGE",),
                 "faces": (FACES,),
                 "restored": ("IMAGE",),
-                "color_correction": (list(COLOR_CORRECTIONS), {"default": "wavelet"}),
+                "color_correction": color_correction_widget(),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                        "tooltip": "Blend between the original (0) and the restored faces (1)."}),
             },

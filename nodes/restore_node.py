@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from .common import CATEGORY, MAX_SEED, MODEL
-from .face_nodes import COLOR_CORRECTIONS, DiffBFRFaceDetect, DiffBFRPasteBack
+from .face_nodes import DiffBFRFaceDetect, DiffBFRPasteBack, color_correction_widget, detector_widget
 from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
 
 from comfy_diffbfr import stages
 from comfy_diffbfr.errors import DiffBFRError
-from comfy_diffbfr.faces.detectors import DETECTORS
 
 _STAGES = (("irm64", DiffBFRIRM64), ("irm256", DiffBFRIRM256), ("tem", DiffBFRTEM))
 
@@ -30,8 +29,8 @@ class DiffBFRRestore:
         return {
             "required": {
                 "image": ("IMAGE",),
-                "detector": (list(DETECTORS), {"default": "auto"}),
-                "color_correction": (list(COLOR_CORRECTIONS), {"default": "wavelet"}),
+                "detector": detector_widget(),
+                "color_correction": color_correction_widget(),
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
             },
             "optional": {name: (MODEL,) for name, _ in _STAGES},
