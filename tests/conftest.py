@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -25,6 +26,16 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def faces_dir() -> Path:
     return _shared("faces")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks and per-face ops: one thread avoids oversubscribing the shared CPU (and a
+    second thread costs more than it gains there)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

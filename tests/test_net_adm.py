@@ -16,18 +16,14 @@ from comfy_diffbfr.models import load_model
 from comfy_diffbfr.models.formats.adm import SPEC
 from comfy_diffbfr.networks.adm_unet import ADMUNet, GroupNorm32, adm_config
 
+from net_helpers import assert_bf16_autocast_close
+
 PARITY_FOLDERS = ["guided_diffusion", "guided_diffusion_superres", "improved_diffusion", "difface"]
 HEAD_HINTS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order")
 VARIANT_OF_FORMAT = {"difface_unet": "difface", "improved_diffusion_unet": "improved"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: extra threads only contend with each other on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 def _fixture_hints(fixture: dict) -> dict:
@@ -343,12 +339,7 @@ def test_bf16_autocast_on_cpu_is_finite_and_close() -> None:
     torch.manual_seed(2)
     net = ADMUNet(**dict(BASE, num_heads=2)).eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([7.0, 901.5])
-    with torch.no_grad():
-        reference = net(x, t)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = net(x, t)
-    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
-    assert (low.float() - reference).abs().max().item() < 0.05 * reference.abs().max().item()
+    assert_bf16_autocast_close(net, x, t)
 
 
 def test_group_norm_runs_in_float32_under_autocast() -> None:

@@ -424,15 +424,6 @@ def test_sr3_truncated_start(parity_dir):
     _close(x, s["traj.x_start_from_condition"], STEP_ATOL, "sr3 x_start_from_condition")
 
 
-@pytest.fixture
-def one_thread():
-    """The fixture networks are tiny: one thread avoids oversubscribing the shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _load_fixture_model(parity_dir: Path, folder: str, fixture: dict[str, Any]):
     """The fixture network through the real loader (the trajectory needs the network's outputs)."""
     loader_tests = pytest.importorskip("test_parity_loader", reason="the loader parity helpers are absent")

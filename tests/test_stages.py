@@ -25,11 +25,8 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_no_interrupt(one_thread):
     yield
-    torch.set_num_threads(threads)
     interrupt.clear_interrupt()
 
 
