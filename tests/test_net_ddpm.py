@@ -4,7 +4,6 @@ config detection in both layouts, hints, bf16."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import WorkflowError
 from ..host.folders import PACK_ROOT
-from .core_nodes import CORE_NODES, LoadImage, RunContext
+from .core_nodes import CORE_NODES, RunContext
 from .ui_format import is_ui_format, to_api
 
 PACK_MODULE = "comfy_diffbfr_pack"
