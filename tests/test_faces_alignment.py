@@ -45,7 +45,7 @@ def test_matches_facexlib_helper(helper, size, seed):
     ref.all_landmarks_5 = faces
     ref.align_warp_face()
     image = torch.from_numpy(photo).float() / 255.0
-    for lmk, ref_affine, ref_crop in zip(faces, ref.affine_matrices, ref.cropped_faces):
+    for lmk, ref_affine, ref_crop in zip(faces, ref.affine_matrices, ref.cropped_faces, strict=True):
         affine = similarity_to_template(lmk, size)
         np.testing.assert_allclose(affine, ref_affine, atol=1e-3)
         crop = crop_face(image, affine, size).numpy()

@@ -85,7 +85,7 @@ def test_faces_of_different_groups_never_erase_each_other():
     assert min(boxes[1][1], boxes[2][1]) < 150 < max(boxes[1][3], boxes[2][3])
     colours = torch.eye(3)[:, None, None, :].expand(3, fs.crop_size, fs.crop_size, 3).contiguous()
     out, _ = paste_back(photo, fs, colours)
-    for (_, cx, cy, _), colour in zip(placements, colours[:, 0, 0]):
+    for (_, cx, cy, _), colour in zip(placements, colours[:, 0, 0], strict=True):
         np.testing.assert_allclose(out[cy, cx].numpy(), colour.numpy(), atol=1e-4)
 
 
@@ -172,7 +172,7 @@ def test_parsenet_weights_load_from_the_model_folder_and_bad_files_are_refused()
     try:
         assert parsing_available()
         net = _load(str(path), "cpu")
-        for (name, p), q in zip(net.state_dict().items(), reference.state_dict().values()):
+        for (name, p), q in zip(net.state_dict().items(), reference.state_dict().values(), strict=True):
             assert torch.equal(p, q), name
         path.write_bytes(b"not a state dict")
         with pytest.raises(CheckpointError, match="not a usable ParseNet"):
