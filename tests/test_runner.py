@@ -120,3 +120,17 @@ def test_set_and_validation_errors_are_clear(tmp_path):
         run_workflow(bad, tmp_path / "out")
     with pytest.raises(WorkflowError, match="not a ComfyUI workflow"):
         to_prompt({"foo": 1}, {})
+
+
+def test_unreadable_or_malformed_workflows_raise_workflow_errors(tmp_path):
+    from comfy_diffbfr.workflow import load_workflow
+
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(WorkflowError, match="cannot read workflow"):
+        load_workflow(tmp_path / "binary.json")
+    with pytest.raises(WorkflowError, match="expected a JSON object, got a list"):
+        to_prompt([1, 2], {})
+    with pytest.raises(WorkflowError, match="malformed UI-format workflow"):
+        to_prompt({"nodes": [{"id": 1}], "links": []}, core_nodes.CORE_NODES)  # a node without a type
+    with pytest.raises(WorkflowError, match="'inputs' is missing"):
+        run_workflow({"1": {"class_type": "SaveImage"}}, tmp_path / "out")

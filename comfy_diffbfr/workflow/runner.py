@@ -50,15 +50,21 @@ def node_classes() -> dict[str, type]:
 
 def load_workflow(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 text, or not JSON
         raise WorkflowError(f"cannot read workflow {path}: {exc}") from None
 
 
 def to_prompt(workflow: Mapping[str, Any], classes: Mapping[str, type]) -> dict[str, dict]:
     """The API prompt of a UI- or API-format workflow (a deep copy, safe to edit)."""
+    if not isinstance(workflow, Mapping):
+        raise WorkflowError(f"not a ComfyUI workflow: expected a JSON object, got a {type(workflow).__name__}")
     if is_ui_format(workflow):
-        return to_api(workflow, {name: cls.INPUT_TYPES() for name, cls in classes.items()})
+        try:
+            return to_api(workflow, {name: cls.INPUT_TYPES() for name, cls in classes.items()})
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a field missing or of the wrong kind
+            raise WorkflowError(f"malformed UI-format workflow ({type(exc).__name__}: {exc}); "
+                                "save it again from ComfyUI or export it in the API format") from None
     if all(isinstance(v, dict) and "class_type" in v for v in workflow.values()) and workflow:
         return copy.deepcopy(dict(workflow))
     raise WorkflowError("not a ComfyUI workflow: expected the UI format (nodes + links) or the API format ({id: {class_type, inputs}})")
@@ -120,6 +126,8 @@ def validate(prompt: Mapping[str, dict], classes: Mapping[str, type]) -> dict[st
         cls = classes.get(node["class_type"])
         if cls is None:
             raise WorkflowError(f"node {node_id}: unknown node type {node['class_type']!r}")
+        if not isinstance(node.get("inputs"), Mapping):
+            raise WorkflowError(f"node {node_id} ({node['class_type']}): 'inputs' is missing or not an object")
         schema = cls.INPUT_TYPES()
         specs = {**schema.get("required", {}), **schema.get("optional", {})}
         inputs = {}
