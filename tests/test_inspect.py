@@ -144,6 +144,16 @@ def test_python_dash_m_inspect(tmp_path):
     assert "format:            adm" in done.stdout and "parameters:" in done.stdout
 
 
+def test_closed_stdout_pipe_stops_quietly(tmp_path):
+    """`inspect ... | head`: the reader goes away before the report is written; no traceback."""
+    path = _tiny_adm_file(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "comfy_diffbfr", "inspect", "--json", str(path), "--hint", "num_head_channels=16"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdout.close()
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 141 and stderr == ""
+
+
 def test_manifest_agrees_with_the_recognition_table():
     manifest = json.loads((REPO / "weights" / "manifest.json").read_text())["checkpoints"]
     by_name = {c: entry for entry in public_checkpoints() for c in entry.names}
