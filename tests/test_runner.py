@@ -134,3 +134,20 @@ def test_unreadable_or_malformed_workflows_raise_workflow_errors(tmp_path):
         to_prompt({"nodes": [{"id": 1}], "links": []}, core_nodes.CORE_NODES)  # a node without a type
     with pytest.raises(WorkflowError, match="'inputs' is missing"):
         run_workflow({"1": {"class_type": "SaveImage"}}, tmp_path / "out")
+
+
+def test_bad_links_and_an_unmakeable_output_folder_raise_workflow_errors(tmp_path):
+    _png(tmp_path / "a.png", size=(8, 6))
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+              "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
+    bad = json.loads(json.dumps(prompt))
+    bad["1"]["inputs"]["image"] = [1, 2]  # a list is read as a link, and this one is not a valid link
+    with pytest.raises(WorkflowError, match="a list value must be a link"):
+        run_workflow(bad, tmp_path / "out", input_dirs=[tmp_path])
+    bad = json.loads(json.dumps(prompt))
+    bad["2"]["inputs"]["images"] = ["1", 5]
+    with pytest.raises(WorkflowError, match="links to output 5 of node 1, which has 2"):
+        run_workflow(bad, tmp_path / "out", input_dirs=[tmp_path])
+    (tmp_path / "taken").write_bytes(b"")
+    with pytest.raises(WorkflowError, match="cannot create the output folder"):
+        run_workflow(prompt, tmp_path / "taken", input_dirs=[tmp_path])

@@ -142,6 +142,15 @@ def _resize_image(image: torch.Tensor, width: int, height: int, method: str, cro
     return common_upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
 
 
+def make_folder(folder: Path) -> None:
+    """``mkdir -p`` that reports a folder it cannot make (a file in the way, no permission) clearly."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkflowError(f"cannot create the output folder {folder}: {exc.strerror or exc}; "
+                            "choose an output folder you can write to") from None
+
+
 class _CoreNode:
     """Core nodes get the run's folders when built (the pack's nodes take no arguments)."""
 
@@ -205,7 +214,7 @@ class SaveImage(_CoreNode):
         target = (root / subfolder).resolve()
         if not target.is_relative_to(root.resolve()):
             raise WorkflowError(f"SaveImage: filename_prefix {filename_prefix!r} points outside the output folder")
-        target.mkdir(parents=True, exist_ok=True)
+        make_folder(target)
         counter = _next_counter(target, stem)
         results = []
         for batch_number, image in enumerate(images):

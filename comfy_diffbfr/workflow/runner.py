@@ -19,7 +19,7 @@ import torch
 
 from ..errors import WorkflowError
 from ..host.folders import PACK_ROOT
-from .core_nodes import CORE_NODES, RunContext
+from .core_nodes import CORE_NODES, RunContext, make_folder
 from .ui_format import is_ui_format, to_api
 
 PACK_MODULE = "comfy_diffbfr_pack"
@@ -137,7 +137,10 @@ def validate(prompt: Mapping[str, dict], classes: Mapping[str, type]) -> dict[st
                 if name in schema.get("required", {}):
                     raise WorkflowError(f"node {node_id} ({node['class_type']}): required input {name!r} is missing")
                 continue
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            if isinstance(value, list):  # as in ComfyUI, a list is always a link [node id, output slot]
+                if len(value) != 2 or not isinstance(value[0], str) or not isinstance(value[1], int):
+                    raise WorkflowError(f"node {node_id}: input {name!r} is {value!r}; a list value must be a link "
+                                        "[node id (a string), output slot (an integer)]")
                 if value[0] not in prompt:
                     raise WorkflowError(f"node {node_id}: input {name!r} links to missing node {value[0]!r}")
                 inputs[name] = value
@@ -180,7 +183,11 @@ class Runner:
         kwargs = {}
         for name, value in inputs[node_id].items():
             if isinstance(value, list):
-                kwargs[name] = self._execute(value[0], prompt, inputs, extra_pnginfo, path + (node_id,))[value[1]]
+                outputs = self._execute(value[0], prompt, inputs, extra_pnginfo, path + (node_id,))
+                if not 0 <= value[1] < len(outputs):
+                    raise WorkflowError(f"node {node_id}: input {name!r} links to output {value[1]} of node {value[0]}, "
+                                        f"which has {len(outputs)} output(s)")
+                kwargs[name] = outputs[value[1]]
             else:
                 kwargs[name] = value
         hidden = cls.INPUT_TYPES().get("hidden", {})
@@ -210,7 +217,7 @@ def run_workflow(
     for assignment in assignments:
         set_input(prompt, assignment)
     ctx = RunContext(output_dir=Path(output_dir), input_dirs=[Path(d) for d in input_dirs] + [EXAMPLES_DIR])
-    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(ctx.output_dir)
     extra = {"workflow": dict(workflow)} if is_ui_format(workflow) else None
     Runner(ctx, classes).run(prompt, extra_pnginfo=extra)
     return ctx
