@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import DiffBFRError, NoFaceError, WrongModelKindError
+from .errors import DiffBFRError, InvalidParameterError, NoFaceError, WrongModelKindError
 from .host import interrupt
 from .host.device import autocast, intermediate_device
 from .host.model_cache import ModelHandle
@@ -104,7 +104,7 @@ def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
 def generators(batch: int, seed: int, seed_mode: str, device: torch.device) -> list[torch.Generator]:
     """One generator per face: ``per_face`` seeds face i with ``seed + i``, ``same`` all with ``seed``."""
     if seed_mode not in SEED_MODES:
-        raise ValueError(f"seed_mode must be one of {SEED_MODES}, got {seed_mode!r}")
+        raise InvalidParameterError(f"seed_mode must be one of {SEED_MODES}, got {seed_mode!r}")
     gens = []
     for i in range(batch):
         g = torch.Generator(device=device)

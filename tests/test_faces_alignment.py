@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from comfy_diffbfr.errors import InvalidParameterError
 from comfy_diffbfr.faces import detect_faces
 from comfy_diffbfr.faces.alignment import crop_face, similarity_to_template, template_points
 
@@ -83,3 +84,8 @@ def test_aligned_mode_skips_detection_and_resizes():
     assert (fs.crops[0] - box_mean).abs().mean() < 0.5 * (point_sampled - box_mean).abs().mean()
     mapped = fs.faces[0].landmarks @ fs.faces[0].affine[:, :2].T + fs.faces[0].affine[:, 2]
     np.testing.assert_allclose(mapped, template_points(256), atol=1e-6)
+
+
+def test_too_small_a_crop_size_is_refused():
+    with pytest.raises(InvalidParameterError, match="crop_size must be at least 8, got 4"):
+        detect_faces(torch.rand(1, 16, 16, 3), crop_size=4, aligned=True)

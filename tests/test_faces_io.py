@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_diffbfr.errors import ImageReadError
+from comfy_diffbfr.errors import DiffBFRError, ImageReadError, InvalidParameterError
 from comfy_diffbfr.faces import list_images, load_image, save_image
 
 
@@ -97,3 +97,14 @@ def test_list_images_expands_folders_and_refuses_missing_paths(tmp_path):
     assert [p.name for p in list_images([tmp_path])] == ["a.jpg", "b.png"]
     with pytest.raises(ImageReadError, match="does not exist"):
         list_images([tmp_path / "nope"])
+
+
+def test_unwritable_output_and_bad_shapes_raise_clear_errors(tmp_path):
+    (tmp_path / "taken").write_bytes(b"a file where the output folder should be")
+    image = torch.rand(1, 8, 8, 3)
+    with pytest.raises(DiffBFRError, match="cannot write .*taken"):
+        save_image(image, tmp_path / "taken" / "out.png")
+    with pytest.raises(InvalidParameterError, match="one image, got a batch of 2"):
+        save_image(torch.rand(2, 8, 8, 3), tmp_path / "two.png")
+    with pytest.raises(InvalidParameterError, match="use a .png file name"):
+        save_image(image, tmp_path / "deep.jpg", bits=16)

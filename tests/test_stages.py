@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comfy_diffbfr import stages
-from comfy_diffbfr.errors import DiffBFRError, Interrupted, NoFaceError, WrongModelKindError
+from comfy_diffbfr.errors import DiffBFRError, Interrupted, InvalidParameterError, NoFaceError, WrongModelKindError
 from comfy_diffbfr.host import interrupt, model_cache
 from comfy_diffbfr.host.model_cache import load_cached
 from pack_helpers import tiny_model
@@ -65,6 +65,8 @@ def test_batch_equals_faces_one_at_a_time(models):
         assert torch.allclose(batch[i], single[0], atol=1e-5), i
     same = stages.run_irm64(models["irm64"], torch.cat([lq[:1], lq[:1]]), seed=10, seed_mode="same", **FAST)
     assert torch.allclose(same[0], same[1], atol=1e-5)
+    with pytest.raises(InvalidParameterError, match="seed_mode must be one of"):
+        stages.run_irm64(models["irm64"], lq, seed_mode="each", **FAST)
 
 
 def test_wrong_kind_of_model_is_explained(models):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidParameterError
 from .alignment import crop_face, similarity_to_template, template_points
 from .detectors import get_detector
 from .face_set import Face, FaceSet, ImageBatch, as_image_list
@@ -71,7 +72,7 @@ def detect_faces(
     """Find, select and align the faces of every photo (``[B, H, W, C]`` or a list of differently
     sized ``[1, H, W, C]``). With ``aligned=True`` each picture already is an aligned face crop."""
     if crop_size < 8:
-        raise ValueError(f"crop_size must be at least 8, got {crop_size}")
+        raise InvalidParameterError(f"crop_size must be at least 8, got {crop_size}")
     batch = as_image_list(images)
     det = None if aligned else get_detector(detector, device)
     faces: list[Face] = []

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import InvalidParameterError
+
 ImageBatch = torch.Tensor | Sequence[torch.Tensor]
 
 
@@ -57,7 +59,7 @@ def as_image_list(images: ImageBatch) -> list[torch.Tensor]:
         if images.ndim == 3:
             return [images]
         if images.ndim != 4:
-            raise ValueError(f"expected an IMAGE tensor [B, H, W, C], got shape {tuple(images.shape)}")
+            raise InvalidParameterError(f"expected an IMAGE tensor [B, H, W, C], got shape {tuple(images.shape)}")
         return list(images.unbind(0))
     out = []
     for im in images:

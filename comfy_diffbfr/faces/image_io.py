@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageReadError
+from ..errors import DiffBFRError, ImageReadError, InvalidParameterError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _EXIF_ORIENTATION = 0x0112
@@ -117,11 +117,19 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8) -
     """Write ``[1, H, W, C]`` or ``[H, W, C]`` (C = 3 or 4) to ``path``; PNG may be 16-bit (``bits=16``)."""
     if image.ndim == 4:
         if image.shape[0] != 1:
-            raise ValueError(f"save_image writes one image, got a batch of {image.shape[0]}")
+            raise InvalidParameterError(f"save_image writes one image, got a batch of {image.shape[0]}")
         image = image[0]
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"save_image expects [H, W, 3 or 4], got {tuple(image.shape)}")
+        raise InvalidParameterError(f"save_image expects [H, W, 3 or 4], got {tuple(image.shape)}")
     path = Path(path)
+    try:
+        _write(image, path, bits)
+    except OSError as exc:  # the folder is a file, not writable, the disk is full, ...
+        raise DiffBFRError(f"cannot write {path}: {exc.strerror or exc}; choose an output folder you can write to") from None
+    return path
+
+
+def _write(image: torch.Tensor, path: Path, bits: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if bits == 16:
         import cv2
@@ -129,10 +137,9 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8) -
         arr = (image.clamp(0, 1).double() * 65535.0).round_().cpu().numpy().astype(np.uint16)
         order = [2, 1, 0, 3][: arr.shape[2]]
         if path.suffix.lower() != ".png" or not cv2.imwrite(str(path), np.ascontiguousarray(arr[..., order])):
-            raise ValueError(f"cannot write a 16-bit image to {path}: use a .png file name")
-        return path
+            raise InvalidParameterError(f"cannot write a 16-bit image to {path}: use a .png file name")
+        return
     Image.fromarray(to_uint8(image)).save(path, **({"compress_level": 3} if path.suffix.lower() == ".png" else {}))
-    return path
 
 
 __all__ = ["IMAGE_SUFFIXES", "list_images", "load_image", "save_image", "to_uint8"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidParameterError
 from .color import correct_colors
 from .face_set import FaceSet, ImageBatch, as_image_list
 from .parsing import parsing_available, parsing_masks
@@ -102,9 +103,9 @@ def paste_back(
     """
     batch = as_image_list(images)
     if len(batch) != len(face_set.image_sizes):
-        raise ValueError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
+        raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
     if restored.ndim != 4 or restored.shape[0] != len(face_set) or restored.shape[-1] != 3:
-        raise ValueError(f"restored crops must be [{len(face_set)}, h, w, 3], got {tuple(restored.shape)}")
+        raise InvalidParameterError(f"restored crops must be [{len(face_set)}, h, w, 3], got {tuple(restored.shape)}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
