@@ -8,6 +8,7 @@ from .common import CATEGORY, FACES
 
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
+from comfy_diffbfr.faces.face_set import FaceSet
 from comfy_diffbfr.faces.selection import MODES, Selection
 
 COLOR_CORRECTIONS = ("wavelet", "adain", "none")
@@ -51,7 +52,8 @@ class DiffBFRFaceDetect:
         }
 
     def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool,
-               indices: str = "", min_size: float = 0.0, score_threshold: float = -1.0, max_faces: int = 0):
+               indices: str = "", min_size: float = 0.0, score_threshold: float = -1.0,
+               max_faces: int = 0) -> tuple[FaceSet, torch.Tensor]:
         from comfy_diffbfr.faces import detect_faces
 
         try:
@@ -89,7 +91,8 @@ class DiffBFRPasteBack:
             },
         }
 
-    def paste(self, image: torch.Tensor, faces, restored: torch.Tensor, color_correction: str, strength: float):
+    def paste(self, image: torch.Tensor, faces: FaceSet, restored: torch.Tensor, color_correction: str,
+              strength: float) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(faces.faces)
         if restored.shape[0] != n:
             raise DiffBFRError(

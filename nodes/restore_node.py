@@ -9,6 +9,7 @@ from .face_nodes import DiffBFRFaceDetect, DiffBFRPasteBack, color_correction_wi
 from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
 
 from comfy_diffbfr import stages
+from comfy_diffbfr.host.model_cache import ModelHandle
 from comfy_diffbfr.errors import DiffBFRError
 
 _STAGES = (("irm64", DiffBFRIRM64), ("irm256", DiffBFRIRM256), ("tem", DiffBFRTEM))
@@ -36,7 +37,8 @@ class DiffBFRRestore:
             "optional": {name: (MODEL,) for name, _ in _STAGES},
         }
 
-    def restore(self, image: torch.Tensor, detector: str, color_correction: str, seed: int, **models) -> tuple:
+    def restore(self, image: torch.Tensor, detector: str, color_correction: str, seed: int,
+                **models: ModelHandle | None) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = [(models[name], node) for name, node in _STAGES if models.get(name) is not None]
         if not chosen:
             raise DiffBFRError("DiffBFR Restore: connect at least one model (irm64, irm256 or tem) from a DiffBFR Model Loader.")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .common import CATEGORY, MODEL, sampling_widgets
 
 import torch
 
 from comfy_diffbfr import stages
+from comfy_diffbfr.host.model_cache import ModelHandle
 
 
 class _StageNode:
@@ -22,7 +25,7 @@ class _StageNode:
             "required": {"model": (MODEL,), "image": ("IMAGE",), **sampling_widgets(*cls.DEFAULTS)},
         }
 
-    def run(self, model, image: torch.Tensor, **settings) -> tuple[torch.Tensor]:
+    def run(self, model: ModelHandle, image: torch.Tensor, **settings: Any) -> tuple[torch.Tensor]:
         return (stages.run_stage(self.STAGE, model, image, **settings),)
 
 
@@ -48,7 +51,8 @@ class DiffBFRIRM256(_StageNode):
         schema["optional"] = {"lq": ("IMAGE", {"tooltip": "The low-quality face crops (from DiffBFR Face Detect)."})}
         return schema
 
-    def run(self, model, image: torch.Tensor, lq: torch.Tensor | None = None, **settings) -> tuple[torch.Tensor]:
+    def run(self, model: ModelHandle, image: torch.Tensor, lq: torch.Tensor | None = None,
+            **settings: Any) -> tuple[torch.Tensor]:
         return (stages.run_stage(self.STAGE, model, image, lq=lq, **settings),)
 
 

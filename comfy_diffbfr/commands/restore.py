@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,7 +72,7 @@ def restore_images(
     color_correction: str = "none",
     strength: float = 1.0,
     restorer: CropRestorer | None = None,
-    **stage_options,
+    **stage_options: Any,
 ) -> list[RestoredImage]:
     """Restore the faces of each photo with the stage list ``stages`` (or an explicit ``restorer``
     with that list's crop size). Photos without a face come back unchanged, with a note."""
