@@ -13,7 +13,7 @@ import torch
 from ..errors import DiffBFRError, WeightsMissingError
 from ..host import folders
 from .core_nodes import RunContext
-from .runner import Runner, node_classes, to_prompt
+from .runner import Runner, load_workflow, node_classes, to_prompt
 
 DEFAULT_WORKFLOW = folders.PACK_ROOT / "workflows" / "diffbfr_full.json"
 STAGE_NODES = {"irm64": "DiffBFRIRM64", "irm256": "DiffBFRIRM256", "tem": "DiffBFRTEM"}
@@ -48,7 +48,7 @@ def restore_prompt(stages: Sequence[str], *, strength: dict | None = None, steps
                    seed: int | None = None, aligned: bool = False, detector: str = "auto",
                    workflow: Path = DEFAULT_WORKFLOW) -> tuple[dict, str, str]:
     """The default workflow as an API prompt running ``stages``; returns it with the LoadImage and PasteBack ids."""
-    prompt = to_prompt(json.loads(Path(workflow).read_text()), node_classes())
+    prompt = to_prompt(load_workflow(workflow), node_classes())
     detect, paste, load = _only(prompt, "DiffBFRFaceDetect"), _only(prompt, "DiffBFRPasteBack"), _only(prompt, "LoadImage")
     prompt[detect]["inputs"].update(aligned=aligned, detector=detector)
     previous = [detect, 1]  # the aligned crops
