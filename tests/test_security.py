@@ -77,6 +77,15 @@ def test_random_bytes(tmp_path, name):
         load_model(path)
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"t"])  # KeyError 101, IndexError (pop from empty list)
+def test_text_or_broken_legacy_pickle_is_a_checkpoint_error(tmp_path, content):
+    """Bytes the legacy (non-zip) torch reader fails on with KeyError/IndexError."""
+    path = tmp_path / "text.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"text\.ckpt"):
+        load_model(path)
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_non_diffusion_state_dict_lists_keys(tmp_path, suffix):
     classifier = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))

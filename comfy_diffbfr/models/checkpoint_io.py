@@ -118,7 +118,8 @@ def _read_pickle(path: Path) -> Any:
                 "source you trust, or convert it to safetensors yourself only if you trust its origin."
             ) from exc
         raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or not a checkpoint: {exc})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
+        # KeyError, IndexError: what the legacy (non-zip) reader raises on bytes that are not a pickle
         raise CheckpointError(
             f"{path} is not a readable PyTorch file (truncated or corrupt: {exc}); download it again"
         ) from exc
