@@ -253,10 +253,13 @@ class PreviewImage(SaveImage):
         return "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
 
 
-class ImageScale(_CoreNode):
+class _Upscale(_CoreNode):
     CATEGORY = "image/upscaling"
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "upscale"
+
+
+class ImageScale(_Upscale):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -277,10 +280,7 @@ class ImageScale(_CoreNode):
         return (_resize_image(image, width, height, upscale_method, crop),)
 
 
-class ImageScaleBy(_CoreNode):
-    CATEGORY = "image/upscaling"
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "upscale"
+class ImageScaleBy(_Upscale):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
