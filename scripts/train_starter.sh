@@ -10,7 +10,7 @@ DATA=${DATA:-.gpu/faces/train}
 WORK=${WORK:-/tmp/starter_work}
 DEST=${DEST:-${OUT:-out/starter}}
 PY=${PY:-python3}
-MINUTES=${MINUTES:-7}
+MINUTES=${MINUTES:-6}
 PRESET=${PRESET:-small}
 DEVICE=${DEVICE:-auto}
 WORKERS=${WORKERS:-5}
@@ -27,7 +27,7 @@ train() {  # stage batch extra-args...
     --export "$DEST/$stage.safetensors" ${THREADS:+--threads $THREADS} "$@" >"$WORK/$stage.log" 2>&1
 }
 
-train irm64 "${BATCH64:-48}" &
+train irm64 "${BATCH64:-32}" &
 p1=$!
 train irm256 "${BATCH256:-12}" &
 p2=$!
