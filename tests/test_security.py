@@ -128,3 +128,21 @@ def test_pickle_without_tensors(tmp_path):
     torch.save({"lr": 1e-4, "epochs": [1, 2]}, path)
     with pytest.raises(CheckpointError, match="does not hold a state dict"):
         load_model(path)
+
+
+def test_model_names_from_workflows_stay_inside_the_model_folders(tmp_path):
+    from comfy_diffbfr.host import folders
+
+    root = folders.model_dirs("diffbfr")[0]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ok.safetensors").write_bytes(b"x")
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"x")
+    (root / "link.safetensors").unlink(missing_ok=True)
+    (root / "link.safetensors").symlink_to(outside)
+    assert folders.resolve_model("diffbfr", "ok.safetensors") == (root / "ok.safetensors").resolve()
+    for name in (str(outside), "../outside.safetensors", "sub/../../outside.safetensors"):
+        with pytest.raises(CheckpointError, match="must be a path inside the diffbfr model folders"):
+            folders.resolve_model("diffbfr", name)
+    with pytest.raises(CheckpointError, match="not found"):  # a link that leads out of the folder
+        folders.resolve_model("diffbfr", "link.safetensors")

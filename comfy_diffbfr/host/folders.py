@@ -68,7 +68,7 @@ def resolve_model(kind: str, name: str) -> Path:
     A name from a workflow file never escapes the folders: absolute paths and ``..`` are refused.
     """
     if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise CheckpointError(f"model name {name!r} must be a path inside the {kind} model folders, not {name!r}")
+        raise CheckpointError(f"model name {name!r} must be a path inside the {kind} model folders (no absolute path, no '..')")
     dirs = model_dirs(kind)
     for root in dirs:
         candidate = (root / name).resolve()
