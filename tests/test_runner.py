@@ -134,6 +134,8 @@ def test_unreadable_or_malformed_workflows_raise_workflow_errors(tmp_path):
         to_prompt({"nodes": [{"id": 1}], "links": []}, core_nodes.CORE_NODES)  # a node without a type
     with pytest.raises(WorkflowError, match="'inputs' is missing"):
         run_workflow({"1": {"class_type": "SaveImage"}}, tmp_path / "out")
+    with pytest.raises(WorkflowError, match="node 1 has no 'inputs' object"):
+        run_workflow({"1": {"class_type": "SaveImage"}}, tmp_path / "out", assignments=["1.filename_prefix=x"])
 
 
 def test_bad_links_and_an_unmakeable_output_folder_raise_workflow_errors(tmp_path):

@@ -2,8 +2,9 @@
 
 The pack's own nodes come from the pack's ``nodes`` package (imported the way ComfyUI imports
 the pack), the core nodes from ``core_nodes``. Inputs are validated like ComfyUI validates them
-(required inputs, types, min/max, combo lists) before anything runs; then the nodes upstream of the
-output nodes run once each, in dependency order, under ``torch.inference_mode()`` as in ComfyUI.
+(required inputs, widget value types, min/max, combo lists, links to existing nodes) before
+anything runs; then the nodes upstream of the output nodes run once each, in dependency order,
+under ``torch.inference_mode()`` as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def set_input(prompt: dict, assignment: str) -> None:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    prompt[node_id]["inputs"][name] = value
+    inputs = prompt[node_id].get("inputs")
+    if not isinstance(inputs, dict):
+        raise WorkflowError(f"--set {assignment!r}: node {node_id} has no 'inputs' object")
+    inputs[name] = value
 
 
 def set_images(prompt: dict, files: Sequence[Path]) -> None:
