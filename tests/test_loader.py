@@ -123,6 +123,9 @@ def test_super_resolution_adm_roles_and_conditions(tmp_path):
     assert load_model(path, {"num_head_channels": 16, "image_size": 64}).role == "irm64"
     assert load_model(path, {"num_head_channels": 16, "resolution": 256}).role == "irm256"
     assert load_model(path, {"num_head_channels": 16, "role": "irm256"}).role == "irm256"
+    for bad in ("abc", [1]):
+        with pytest.raises(CheckpointError, match="resolution must be a whole number of pixels"):
+            load_model(path, {"num_head_channels": 16, "resolution": bad})
     x, low = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(m.predict(x, 11.0, low), net(x, torch.tensor([10.0]), low_res=low), rtol=0, atol=1e-5)

@@ -123,7 +123,7 @@ def describe(ckpt: Checkpoint, hints: Mapping[str, Any] | None = None) -> ModelI
     config = spec.infer_config(ckpt.state_dict, {**base_hints, **spec_hints})
     io = spec.io(config)
     schedule, diffusion = _diffusion_settings(fmt, ckpt, public, hints, io)
-    resolution = _int_or_none(hints.get("resolution", public.resolution if public else io.get("resolution")))
+    resolution = _resolution(hints.get("resolution", public.resolution if public else io.get("resolution")))
     cond_channels = int(io["cond_channels"])
     return ModelInfo(
         format=fmt,
@@ -168,7 +168,7 @@ def _describe_native(ckpt: Checkpoint, hints: dict[str, Any]) -> ModelInfo:
         )
     spec = format_specs()[stored.arch]
     io = spec.io(stored.config)
-    resolution = _int_or_none(hints.get("resolution", stored.resolution))
+    resolution = _resolution(hints.get("resolution", stored.resolution))
     cond_channels = int(io["cond_channels"])
     conditions = _condition_list(hints["conditions"]) if "conditions" in hints else list(stored.conditions)
     return ModelInfo(
@@ -333,8 +333,14 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _resolution(value: Any) -> int | None:
+    """A resolution from a hint or the file: whole pixels, or None when unknown."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"resolution must be a whole number of pixels such as 64 or 256, got {value!r}") from None
 
 
 def _num_params(state_dict: StateDict) -> int:
