@@ -95,8 +95,9 @@ def main() -> int:
     args = ap.parse_args()
     tags: dict[tuple[str, str], str] = {}
     for manifest in (args.shared / "manifest.csv", args.shared / "train" / "manifest.csv"):
-        for row in csv.DictReader(open(manifest)):
-            tags[(row["kind"], row["file"])] = row["tags"]
+        with open(manifest, newline="") as f:
+            for row in csv.DictReader(f):
+                tags[(row["kind"], row["file"])] = row["tags"]
     aligner = DlibAligner()
     template = FFHQ_TEMPLATE_512 * args.size / 512
     for split in ("train", "holdout"):

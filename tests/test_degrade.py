@@ -12,7 +12,7 @@ from PIL import Image
 from comfy_diffbfr.cli import main
 from comfy_diffbfr.training.degradation import DegradationConfig, blur_kernel, degrade
 
-OFF = dict(blur_prob=0.0, scale=(1.0, 1.0), gaussian_noise_prob=0.0, poisson_prob=0.0, jpeg_prob=0.0)
+OFF = {"blur_prob": 0.0, "scale": (1.0, 1.0), "gaussian_noise_prob": 0.0, "poisson_prob": 0.0, "jpeg_prob": 0.0}
 
 
 def smooth_image(size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -48,7 +48,12 @@ def build_restorer(args: argparse.Namespace):
     from ..errors import DiffBFRError
     from ..host import folders
     from ..models import load_model
-    from ..workflow.restore_workflow import STAGE_NODES, parse_stages, per_stage, restore_prompt
+    from ..workflow.restore_workflow import (
+        STAGE_NODES,
+        parse_stages,
+        per_stage,
+        restore_prompt,
+    )
 
     names = parse_stages(args.stages)
     overrides = {}

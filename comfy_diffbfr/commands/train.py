@@ -9,7 +9,7 @@ HELP = "train an IRM 64, IRM 256 or TEM stage on a folder of aligned faces (torc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..training.presets import PRESETS, PREDICTIONS, STAGES
+    from ..training.presets import PREDICTIONS, PRESETS, STAGES
     from ..training.trainer import PRECISIONS, TrainSettings
 
     d = TrainSettings.__dataclass_fields__

@@ -64,7 +64,7 @@ class DegradationConfig:
             raise ValueError(f"kernel_kinds must be among {KERNEL_KINDS}, one weight each; got {self.kernel_kinds}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DegradationConfig":
+    def from_dict(cls, values: dict[str, Any]) -> DegradationConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -95,7 +95,7 @@ def blur_kernel(kind: str, size: int, sigma_x: float, sigma_y: float, theta: flo
 def _fft_filter(img: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Convolve ``[C,H,W]`` with a ``[k,k]`` kernel, reflect padding; FFT so 41x41 kernels stay cheap."""
     p = kernel.shape[-1] // 2
-    c, h, w = img.shape
+    h, w = img.shape[-2:]
     mode = "reflect" if p < min(h, w) else "replicate"
     padded = F.pad(img[None], (p, p, p, p), mode=mode)[0]
     ph, pw = padded.shape[-2:]
@@ -126,7 +126,7 @@ def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
 def draw_params(config: DegradationConfig, seed: int) -> dict[str, Any]:
     """Every random choice of one degradation, drawn from ``seed`` alone."""
     rng = np.random.default_rng(seed)
-    u = lambda rng_range: float(rng.uniform(*rng_range))  # noqa: E731
+    u = lambda rng_range: float(rng.uniform(*rng_range))
     weights = np.asarray(config.kernel_weights, dtype=np.float64)
     params: dict[str, Any] = {
         "blur": bool(rng.random() < config.blur_prob),
@@ -142,7 +142,7 @@ def draw_params(config: DegradationConfig, seed: int) -> dict[str, Any]:
         "poisson": bool(rng.random() < config.poisson_prob),
         "poisson_scale": u(config.poisson_scale),
         "jpeg": bool(rng.random() < config.jpeg_prob),
-        "jpeg_quality": int(round(u(config.jpeg_quality))),
+        "jpeg_quality": round(u(config.jpeg_quality)),
         "noise_seed": int(rng.integers(0, 2**63 - 1)),
     }
     return params

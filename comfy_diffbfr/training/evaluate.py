@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ class EvalResult:
         return goals
 
 
-def measure(images: torch.Tensor, hq: torch.Tensor, identity: Optional[IdentityModel], shapes: list) -> dict[str, torch.Tensor]:
+def measure(images: torch.Tensor, hq: torch.Tensor, identity: IdentityModel | None, shapes: list) -> dict[str, torch.Tensor]:
     out = {
         "psnr": psnr(images, hq),
         "ssim": ssim(images, hq),
@@ -164,9 +165,9 @@ def evaluate(
     *,
     degradation: DegradationConfig,
     seed: int = 0,
-    identity: Optional[IdentityModel] = None,
+    identity: IdentityModel | None = None,
     batch: int = 8,
-    on_batch: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
     """Degrade ``hq`` (IMAGE [N,256,256,3]), restore it in batches, and average the metrics."""
     lq = degrade_faces(hq, degradation, seed)
@@ -186,7 +187,7 @@ def evaluate(
         {**{f"input_{k}": float(v[i]) for k, v in m_in.items()}, **{f"output_{k}": float(v[i]) for k, v in m_out.items()}}
         for i in range(len(hq))
     ]
-    mean = lambda m: {k: float(v.mean()) for k, v in m.items()}  # noqa: E731
+    mean = lambda m: {k: float(v.mean()) for k, v in m.items()}
     return EvalResult(len(hq), mean(m_in), mean(m_out), per_face)
 
 

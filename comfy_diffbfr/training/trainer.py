@@ -19,9 +19,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from ..diffusion.schedules import SCHEDULE_KINDS, Schedule
 from ..errors import CheckpointError, DiffBFRError
 from ..networks.adm_unet import ADMUNet
-from .data import StreamBatches, StagePairs, load_face_folder
+from .data import StagePairs, StreamBatches, load_face_folder
 from .degradation import DegradationConfig
 from .presets import PREDICTIONS, STAGE_INFO, stage_config
 
@@ -49,7 +50,7 @@ class TrainSettings:
     data: str
     out: str
     preset: str = "small"
-    prediction: Optional[str] = None  # None: the stage's default (x0 for IRMs, v for the TEM)
+    prediction: str | None = None  # None: the stage's default (x0 for IRMs, v for the TEM)
     steps: int = 10000
     batch_size: int = 16  # per process and micro-batch
     accum: int = 1
@@ -59,15 +60,15 @@ class TrainSettings:
     precision: str = "auto"
     schedule: str = "linear"
     num_timesteps: int = 1000
-    t_max: Optional[float] = None  # fraction of T sampled in training; None: TEM_T_MAX for the TEM, else 1
-    patch: Optional[int] = None  # TEM only: train on random patches of this size
+    t_max: float | None = None  # fraction of T sampled in training; None: TEM_T_MAX for the TEM, else 1
+    patch: int | None = None  # TEM only: train on random patches of this size
     seed: int = 0
     workers: int = 0
     log_every: int = 20
     ckpt_every: int = 1000
     sample_every: int = 0
-    max_minutes: Optional[float] = None
-    export: Optional[str] = None  # default: OUT/<stage>.safetensors
+    max_minutes: float | None = None
+    export: str | None = None  # default: OUT/<stage>.safetensors
     export_dtype: str = "fp16"
     device: str = "auto"
     grad_clip: float = 1.0
@@ -142,7 +143,7 @@ class _Dist:
             torch.distributed.barrier()
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if precision == "fp16":
@@ -156,7 +157,7 @@ def _autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtyp
 
 
 class Trainer:
-    def __init__(self, settings: TrainSettings, *, faces: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, settings: TrainSettings, *, faces: torch.Tensor | None = None) -> None:
         self.s = settings
         self.dist = _Dist(settings.device)
         self.device = self.dist.device
@@ -292,7 +293,7 @@ class Trainer:
         )
         return iter(loader)
 
-    def train(self, *, until: Optional[int] = None, on_step: Optional[Callable[[int, float], None]] = None) -> list[tuple[int, float]]:
+    def train(self, *, until: int | None = None, on_step: Callable[[int, float], None] | None = None) -> list[tuple[int, float]]:
         """Train to step ``until`` (default: ``steps``), or until ``max_minutes`` of this run have
         passed; checkpoint, export and (with ``sample_every``) a last sample sheet at the end.
         Returns ``(step, loss)`` for each step run."""
@@ -341,7 +342,7 @@ class Trainer:
     def export_path(self) -> Path:
         return Path(self.s.export) if self.s.export else self.out / f"{self.s.stage}.safetensors"
 
-    def export(self, path: Optional[Path] = None) -> Path:
+    def export(self, path: Path | None = None) -> Path:
         """The EMA weights as a native model file (``load_model`` gives float32 nets whatever the
         stored dtype)."""
         from ..models.native import save_model
@@ -411,7 +412,7 @@ def _progress(total: int, initial: int, label: str):
     return tqdm(total=total, initial=initial, desc=label, unit="it", dynamic_ncols=True, mininterval=1.0)
 
 
-def train(settings: TrainSettings, *, resume: Optional[str] = None) -> Trainer:
+def train(settings: TrainSettings, *, resume: str | None = None) -> Trainer:
     """Build a trainer, resume when asked (``"auto"``: from OUT/checkpoint.pt if present), train."""
     trainer = Trainer(settings)
     if resume == "auto":
