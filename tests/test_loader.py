@@ -126,6 +126,9 @@ def test_super_resolution_adm_roles_and_conditions(tmp_path):
     for bad in ("abc", [1]):
         with pytest.raises(CheckpointError, match="resolution must be a whole number of pixels"):
             load_model(path, {"num_head_channels": 16, "resolution": bad})
+    for bad in ({"num_timesteps": 0}, {"noise_schedule": "linear_range", "beta_start": "x", "beta_end": 0.02}):
+        with pytest.raises(CheckpointError, match="invalid schedule"):
+            load_model(path, {"num_head_channels": 16, **bad})
     x, low = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(m.predict(x, 11.0, low), net(x, torch.tensor([10.0]), low_res=low), rtol=0, atol=1e-5)

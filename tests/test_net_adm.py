@@ -360,6 +360,7 @@ def test_group_norm_runs_in_float32_under_autocast() -> None:
         ({"model_channels": 48}, "norm_groups"),
         ({"channel_mult": [1, 2], "attention_levels": [False, True], "num_head_channels": 96}, "num_head_channels 96"),
         ({"in_channels": 3, "super_res": True}, "super-resolution"),
+        ({"norm_groups": 0}, "norm_groups must be at least 1"),
     ],
 )
 def test_bad_network_config_is_named(overrides: dict, named: str) -> None:

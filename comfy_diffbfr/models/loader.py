@@ -237,13 +237,13 @@ def _named_schedule(settings: Mapping[str, Any], path: Path | None) -> Schedule:
     kind = str(settings["noise_schedule"])
     if kind not in SCHEDULE_KINDS:
         raise CheckpointError(f"{path}: noise_schedule {kind!r} is not one of {SCHEDULE_KINDS}")
-    args = {k: float(settings[k]) for k in ("beta_start", "beta_end") if k in settings and kind in ("linear_range", "quad")}
-    if kind in ("linear_range", "quad") and len(args) != 2:
+    if kind in ("linear_range", "quad") and not {"beta_start", "beta_end"} <= set(settings):
         raise CheckpointError(f"{path}: noise_schedule {kind!r} needs hints beta_start and beta_end")
     try:
+        args = {k: float(settings[k]) for k in ("beta_start", "beta_end") if k in settings and kind in ("linear_range", "quad")}
         return Schedule.from_name(kind, int(settings["num_timesteps"]),
                                   **{{"beta_start": "start", "beta_end": "end"}[k]: v for k, v in args.items()})
-    except ValueError as exc:
+    except (ValueError, TypeError, ZeroDivisionError) as exc:  # not numbers, or T = 0
         raise CheckpointError(f"{path}: invalid schedule {dict(settings)}: {exc}") from exc
 
 

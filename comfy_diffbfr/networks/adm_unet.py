@@ -90,6 +90,8 @@ def adm_config(**overrides: Any) -> dict[str, Any]:
             f"a super-resolution net needs in_channels > the {image_channels} image channels, got {cfg['in_channels']}"
         )
     level_ch = _level_channels(cfg)
+    if cfg["norm_groups"] < 1:
+        raise ValueError(f"norm_groups must be at least 1, got {cfg['norm_groups']}")
     if any(ch % cfg["norm_groups"] for ch in level_ch):
         raise ValueError(f"level widths {level_ch} must all be multiples of norm_groups={cfg['norm_groups']}")
     nhc = cfg["num_head_channels"]
