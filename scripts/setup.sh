@@ -13,4 +13,11 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
     # torch first and pinned: a bare "torch" requirement would pull a multi-GB build from the registry.
     "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-"$PY" -m pip install -q -e ".[dev]"
+# Already installed from this checkout: nothing to do (so the set-up also passes offline).
+if ! "$PY" -I - <<'PY' 2>/dev/null
+import pathlib, comfy_diffbfr, dlib, facexlib, pytest  # noqa: F401
+assert pathlib.Path(comfy_diffbfr.__file__).resolve().parents[1] == pathlib.Path.cwd().resolve()
+PY
+then
+    "$PY" -m pip install -q -e ".[dev]"
+fi
