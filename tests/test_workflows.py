@@ -122,3 +122,18 @@ def test_restore_without_the_starter_weights_says_what_to_do(tmp_path, capsys, m
     assert "starter weights 'irm64.safetensors' are not installed" in err and "'--stages none'" in err
     assert main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm65"]) == 2
     assert "unknown stage(s) ['irm65']" in capsys.readouterr().err
+
+
+def test_restore_keeps_the_workflows_colour_correction_unless_asked(tmp_path, monkeypatch):
+    from comfy_diffbfr.cli import main
+    from comfy_diffbfr.workflow import restore_workflow as rw
+
+    seen = []
+    monkeypatch.setattr(rw, "restore_paths", lambda paths, out, prompt, load_id, paste_id: seen.append(prompt[paste_id]["inputs"]) or 0)
+    workflow = to_prompt(json.loads((REPO / "workflows" / "diffbfr_full.json").read_text()), node_classes())
+    (own,) = [n["inputs"]["color_correction"] for n in workflow.values() if n["class_type"] == "DiffBFRPasteBack"]
+    photo = str(REPO / "examples" / "diffbfr_example.png")
+    assert main(["restore", photo, "-o", str(tmp_path)]) == 0
+    assert main(["restore", photo, "-o", str(tmp_path), "--color-correction", "adain", "--color-strength", "0.5"]) == 0
+    assert seen[0]["color_correction"] == own != "none"
+    assert (seen[1]["color_correction"], seen[1]["strength"]) == ("adain", 0.5)

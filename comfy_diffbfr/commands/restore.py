@@ -99,7 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="irm64,irm256,tem",
                         help="diffusion stages as a comma list of irm64,irm256,tem (default: all three, run through "
                              f"workflows/diffbfr_full.json with the starter weights), or a stage list: {', '.join(STAGE_LISTS)}")
-    parser.add_argument("--color-correction", choices=METHODS, default="none", help="pull restored faces towards the original colours")
+    parser.add_argument("--color-correction", choices=METHODS, default=None,
+                        help="pull restored faces towards the original colours (default: the workflow's wavelet "
+                             "for the diffusion stages, none for --stages none)")
     parser.add_argument("--color-strength", type=float, default=1.0, help="colour-correction strength, 0..1")
     parser.add_argument("--strength", default=None, metavar="S[,S...]",
                         help="diffusion stages: truncation point t0 as a fraction of T, one for all stages or one per stage")
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     images = ReadableImages(args.inputs)
     for path, image in images:
         (result,) = restore_images(image, stages=args.stages, detector=args.detector, selection=selection,
-                                   aligned=args.aligned, color_correction=args.color_correction,
+                                   aligned=args.aligned, color_correction=args.color_correction or "none",
                                    strength=args.color_strength, restorer=restorer)
         target = save_image(result.image, args.output / f"{path.stem}.png")
         if result.faces == 0:
@@ -140,7 +142,9 @@ def _run_diffusion_stages(args: argparse.Namespace, selection: Selection) -> int
         score_threshold=-1.0 if selection.score_threshold is None else selection.score_threshold,
         max_faces=selection.max_count or 0)
     paste = prompt[paste_id]["inputs"]
-    paste.update(color_correction=args.color_correction, strength=args.color_strength)
+    if args.color_correction is not None:  # else the workflow's own choice
+        paste["color_correction"] = args.color_correction
+    paste["strength"] = args.color_strength
     return rw.restore_paths(list_images(args.inputs), args.output, prompt, load_id, paste_id)
 
 
