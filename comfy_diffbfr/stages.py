@@ -6,7 +6,9 @@
 
 Each stage starts from its input noised to ``t0 = strength * T`` and samples back to 0
 (truncated sampling). Every face has its own random generator, so a face's result does not
-depend on the other faces in the batch.
+depend on the other faces in the batch. With ``fidelity`` > 0 every step keeps the low band of
+the result on a reference (``diffusion/lowband.py``): IRM 64 on its input (the low-quality crops),
+IRM 256 on ``lq``, TEM on ``reference``; each falls back to the stage's own input.
 """
 
 from __future__ import annotations
@@ -119,15 +121,22 @@ def run_stage(
     images: torch.Tensor,
     *,
     lq: Optional[torch.Tensor] = None,
+    reference: Optional[torch.Tensor] = None,
     strength: float,
     steps: int,
     sampler: str = "ddim",
     eta: float = 0.0,
     seed: int = 0,
     seed_mode: str = "per_face",
+    fidelity: int = 0,
+    fidelity_weight: float = 1.0,
+    fidelity_stop: float = 0.0,
     callback: Optional[PreviewCallback] = None,
 ) -> torch.Tensor:
-    """Run one stage; ``images`` is the stage input, ``lq`` the low-quality crops (for ``lq`` conditions)."""
+    """Run one stage; ``images`` is the stage input, ``lq`` the low-quality crops (for ``lq``
+    conditions), ``reference`` what the low-band lock keeps (default: ``lq``, else ``images``);
+    ``fidelity`` the lock's band in pixels at the working size (0 = off)."""
+    from .diffusion.lowband import LowBandLock
     from .diffusion.samplers import truncated_sample
 
     model = as_handle(model)
@@ -163,6 +172,11 @@ def run_stage(
     dtype = model.compute_dtype(device)
     cond = torch.cat(conds, dim=1).to(device) * 2 - 1 if conds else None
     start = start.to(device) * 2 - 1
+    lock = None
+    if fidelity:
+        ref = _reference(stage, x, lq, reference)
+        lock = LowBandLock(resize(ref, tuple(start.shape[-2:])).to(device) * 2 - 1, int(fidelity),
+                           float(fidelity_weight), float(fidelity_stop) * model.loaded.schedule.num_timesteps)
 
     def sample(dtype: torch.dtype) -> torch.Tensor:
         progress = StageProgress(steps, stage.title, callback)
@@ -176,7 +190,7 @@ def run_stage(
             with torch.no_grad(), autocast(device, dtype):
                 return truncated_sample(
                     net, start, cond=cond, strength=strength, steps=steps, sampler=sampler, eta=eta,
-                    generators=generators(start.shape[0], seed, seed_mode, device), callback=on_step,
+                    generators=generators(start.shape[0], seed, seed_mode, device), callback=on_step, lock=lock,
                 ).float()
         finally:
             progress.close()
@@ -189,6 +203,21 @@ def run_stage(
     if stage.keeps_size and out.shape[-2:] != x.shape[-2:]:
         out = resize(out, x.shape[-2:])
     return out.movedim(1, -1).contiguous()
+
+
+def _reference(stage: StageSpec, x: torch.Tensor, lq: Optional[torch.Tensor],
+               reference: Optional[torch.Tensor]) -> torch.Tensor:
+    """What the low-band lock keeps: ``reference``, else ``lq``, else the stage input (NCHW)."""
+    chosen, name = (reference, "reference") if reference is not None else (lq, "lq")
+    if chosen is None:
+        return x
+    ref = _to_nchw(chosen, f"{stage.title} {name}")
+    if ref.shape[0] != x.shape[0]:
+        raise DiffBFRError(
+            f"{stage.title}: the image batch has {x.shape[0]} faces but {name!r} has {ref.shape[0]}; "
+            "connect the crops of the same face set to both inputs."
+        )
+    return ref
 
 
 class _NonFinite(Exception):
@@ -221,7 +250,9 @@ def run_irm256(model: ModelHandle, images: torch.Tensor, *, lq: Optional[torch.T
     return run_stage(IRM256, model, images, lq=lq, **settings)
 
 
-def run_tem(model: ModelHandle, images: torch.Tensor, **settings: Any) -> torch.Tensor:
+def run_tem(model: ModelHandle, images: torch.Tensor, *, reference: Optional[torch.Tensor] = None,
+            **settings: Any) -> torch.Tensor:
     """Polish images with the unconditional face prior at its native size (input size if unknown);
-    the result has the input's size."""
-    return run_stage(TEM, model, images, **settings)
+    the result has the input's size. ``reference`` (e.g. the low-quality crops) is what the
+    low-band lock keeps; default: the input itself."""
+    return run_stage(TEM, model, images, reference=reference, **settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import _library  # noqa: F401  (makes comfy_diffbfr importable)
 
+from comfy_diffbfr.defaults import StageSettings
 from comfy_diffbfr.stages import SAMPLERS, SEED_MODES
 
 CATEGORY = "DiffBFR"
@@ -12,15 +13,15 @@ FACES = "DIFFBFR_FACES"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
-def sampling_widgets(strength: float, steps: int) -> dict:
+def sampling_widgets(defaults: StageSettings) -> dict:
     """The widgets of the three stage nodes, in their saved order (append new ones at the end)."""
     return {
         "strength": ("FLOAT", {
-            "default": strength, "min": 0.01, "max": 1.0, "step": 0.01,
+            "default": defaults.strength, "min": 0.01, "max": 1.0, "step": 0.01,
             "tooltip": "Truncation point t0 as a fraction of the diffusion length T: how much noise is added "
                        "to the input before it is denoised. Higher = stronger restoration, less faithful.",
         }),
-        "steps": ("INT", {"default": steps, "min": 1, "max": 1000, "tooltip": "Reverse steps from t0 to 0."}),
+        "steps": ("INT", {"default": defaults.steps, "min": 1, "max": 1000, "tooltip": "Reverse steps from t0 to 0."}),
         "sampler": (list(SAMPLERS), {"default": "ddim"}),
         "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                           "tooltip": "DDIM noise (0 = deterministic after the start noise)."}),
@@ -28,5 +29,19 @@ def sampling_widgets(strength: float, steps: int) -> dict:
         "seed_mode": (list(SEED_MODES), {
             "default": "per_face",
             "tooltip": "per_face: face i uses seed + i; same: every face uses the seed.",
+        }),
+    }
+
+
+def fidelity_widget(defaults: StageSettings) -> dict:
+    """The stage nodes' optional ``fidelity`` widget (optional, so prompts saved before it existed
+    still validate; the nodes then use the table's default)."""
+    return {
+        "fidelity": ("INT", {
+            "default": defaults.fidelity, "min": 0, "max": 1024, "step": 8,
+            "tooltip": "Keeps the face's identity: at every step the result's coarse content (what a copy "
+                       "this many pixels wide, at the stage's working size, shows) is taken from the "
+                       "low-quality face. 0 = off (the model alone decides); larger = closer to the input, "
+                       "less change; at the working size itself the input is returned.",
         }),
     }

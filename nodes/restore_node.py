@@ -9,6 +9,7 @@ from .face_nodes import DiffBFRFaceDetect, DiffBFRPasteBack, color_correction_wi
 from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
 
 from comfy_diffbfr import stages
+from comfy_diffbfr.defaults import STAGE_DEFAULTS
 from comfy_diffbfr.host.model_cache import ModelHandle
 from comfy_diffbfr.errors import DiffBFRError
 
@@ -45,6 +46,7 @@ class DiffBFRRestore:
         face_set, crops = DiffBFRFaceDetect().detect(image, detector, "all", 512, False)
         restored = crops
         for handle, node in chosen:
-            strength, steps = node.DEFAULTS
-            restored = stages.run_stage(node.STAGE, handle, restored, lq=crops, strength=strength, steps=steps, seed=seed)
+            settings = STAGE_DEFAULTS[node.STAGE.key].updated(seed=seed).as_kwargs()
+            lq = crops if node.STAGE.conditional else None  # TEM locks to its own input, as in the workflows
+            restored = stages.run_stage(node.STAGE, handle, restored, lq=lq, **settings)
         return DiffBFRPasteBack().paste(image, face_set, restored, color_correction, 1.0)

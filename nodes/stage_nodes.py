@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import CATEGORY, MODEL, sampling_widgets
+from .common import CATEGORY, MODEL, fidelity_widget, sampling_widgets
 
 import torch
 
 from comfy_diffbfr import stages
+from comfy_diffbfr.defaults import STAGE_DEFAULTS
 from comfy_diffbfr.host.model_cache import ModelHandle
 
 
@@ -17,23 +18,29 @@ class _StageNode:
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "run"
     STAGE: stages.StageSpec
-    DEFAULTS: tuple[float, int]
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
+        defaults = STAGE_DEFAULTS[cls.STAGE.key]
         return {
-            "required": {"model": (MODEL,), "image": ("IMAGE",), **sampling_widgets(*cls.DEFAULTS)},
+            "required": {"model": (MODEL,), "image": ("IMAGE",), **sampling_widgets(defaults)},
+            "optional": fidelity_widget(defaults),
         }
 
-    def run(self, model: ModelHandle, image: torch.Tensor, **settings: Any) -> tuple[torch.Tensor]:
+    def _run(self, model: ModelHandle, image: torch.Tensor, **settings: Any) -> tuple[torch.Tensor]:
+        table = STAGE_DEFAULTS[self.STAGE.key]
+        for name in ("fidelity", "fidelity_weight", "fidelity_stop"):  # not widgets, or saved before they were
+            settings.setdefault(name, getattr(table, name))
         return (stages.run_stage(self.STAGE, model, image, **settings),)
+
+    def run(self, model: ModelHandle, image: torch.Tensor, **settings: Any) -> tuple[torch.Tensor]:
+        return self._run(model, image, **settings)
 
 
 class DiffBFRIRM64(_StageNode):
     DESCRIPTION = "Identity Restoration, stage 1: restores low-quality face crops at 64x64 with a conditional model."
     RETURN_NAMES = ("faces_64",)
     STAGE = stages.IRM64
-    DEFAULTS = (0.6, 20)
 
 
 class DiffBFRIRM256(_StageNode):
@@ -43,21 +50,36 @@ class DiffBFRIRM256(_StageNode):
     )
     RETURN_NAMES = ("faces_256",)
     STAGE = stages.IRM256
-    DEFAULTS = (0.5, 20)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         schema = super().INPUT_TYPES()
-        schema["optional"] = {"lq": ("IMAGE", {"tooltip": "The low-quality face crops (from DiffBFR Face Detect)."})}
+        schema["optional"] = {"lq": ("IMAGE", {"tooltip": "The low-quality face crops (from DiffBFR Face Detect)."}),
+                              **schema["optional"]}
         return schema
 
     def run(self, model: ModelHandle, image: torch.Tensor, lq: torch.Tensor | None = None,
             **settings: Any) -> tuple[torch.Tensor]:
-        return (stages.run_stage(self.STAGE, model, image, lq=lq, **settings),)
+        return self._run(model, image, lq=lq, **settings)
 
 
 class DiffBFRTEM(_StageNode):
-    DESCRIPTION = "Texture Enhancement: polishes faces (or any image) with an unconditional face prior from a small t0."
+    DESCRIPTION = (
+        "Texture Enhancement: polishes faces (or any image) with an unconditional face prior from a small t0. "
+        "With a strong public prior (e.g. DifFace FFHQ-512) at a high strength and a fidelity lock on the "
+        "low-quality crops, it restores blind faces on its own."
+    )
     RETURN_NAMES = ("image",)
     STAGE = stages.TEM
-    DEFAULTS = (0.1, 10)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        schema = super().INPUT_TYPES()
+        schema["optional"] = {"reference": ("IMAGE", {
+            "tooltip": "What the fidelity lock keeps (e.g. the low-quality crops from DiffBFR Face Detect); "
+                       "default: this node's own input."}), **schema["optional"]}
+        return schema
+
+    def run(self, model: ModelHandle, image: torch.Tensor, reference: torch.Tensor | None = None,
+            **settings: Any) -> tuple[torch.Tensor]:
+        return self._run(model, image, reference=reference, **settings)

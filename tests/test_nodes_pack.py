@@ -105,13 +105,16 @@ def test_all_in_one_restore_equals_the_chain_of_nodes(nodes, model_dir, monkeypa
     load = nodes["DiffBFRModelLoader"]().load
     (m64,), (mtem,) = load("i64.safetensors", "auto"), load("tem.safetensors", "auto")
     photo, _ = load_image_file(REPO / "examples" / "diffbfr_example.png")
-    monkeypatch.setattr(nodes["DiffBFRIRM64"], "DEFAULTS", (0.6, 3))  # the stage nodes' defaults, shortened
-    monkeypatch.setattr(nodes["DiffBFRTEM"], "DEFAULTS", (0.1, 2))
+    from comfy_diffbfr.defaults import STAGE_DEFAULTS
+
+    # the stage nodes' defaults, shortened
+    monkeypatch.setitem(STAGE_DEFAULTS, "irm64", STAGE_DEFAULTS["irm64"].updated(steps=3))
+    monkeypatch.setitem(STAGE_DEFAULTS, "tem", STAGE_DEFAULTS["tem"].updated(steps=2))
     with pytest.raises(DiffBFRError, match="connect at least one model"):
         nodes["DiffBFRRestore"]().restore(photo, "auto", "none", 3)
     image, mask = nodes["DiffBFRRestore"]().restore(photo, "auto", "none", 3, irm64=m64, tem=mtem)
     face_set, crops = nodes["DiffBFRFaceDetect"]().detect(photo, "auto", "all", 512, False)
-    (x,) = nodes["DiffBFRIRM64"]().run(m64, crops, strength=0.6, steps=3, sampler="ddim", eta=0.0, seed=3, seed_mode="per_face")
-    (x,) = nodes["DiffBFRTEM"]().run(mtem, x, strength=0.1, steps=2, sampler="ddim", eta=0.0, seed=3, seed_mode="per_face")
+    (x,) = nodes["DiffBFRIRM64"]().run(m64, crops, **STAGE_DEFAULTS["irm64"].updated(seed=3).as_kwargs())
+    (x,) = nodes["DiffBFRTEM"]().run(mtem, x, **STAGE_DEFAULTS["tem"].updated(seed=3).as_kwargs())
     chained, _ = nodes["DiffBFRPasteBack"]().paste(photo, face_set, x, "none", 1.0)
     assert torch.equal(image, chained) and mask.shape == (1, *photo.shape[1:3])

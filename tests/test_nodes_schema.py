@@ -55,8 +55,10 @@ def test_schema_is_valid(mappings, node_id):
 def test_stage_widgets_keep_their_saved_order(mappings):
     """Saved workflows store widget values by position: reordering breaks them."""
     for node_id in ("DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM"):
-        required = list(mappings[0][node_id].INPUT_TYPES()["required"])
-        assert required == ["model", "image", "strength", "steps", "sampler", "eta", "seed", "seed_mode"]
+        schema = mappings[0][node_id].INPUT_TYPES()
+        assert list(schema["required"]) == ["model", "image", "strength", "steps", "sampler", "eta", "seed", "seed_mode"]
+        widgets = [k for k, v in schema["optional"].items() if v[0] != "IMAGE"]
+        assert widgets == ["fidelity"]  # appended after the required widgets
 
 
 def test_loader_lists_the_model_folder_and_the_pack_weights(mappings, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import InvalidParameterError
+from .lowband import LowBandLock
 from .respacing import even_grid
 from .schedules import Schedule
 from .steps import StepResult, ddim_step, ddpm_step, q_sample
@@ -73,6 +74,7 @@ def sample_grid(
     noise: NoiseSource,
     callback: StepCallback | None = None,
     model_dtype: torch.dtype | None = None,
+    lock: LowBandLock | None = None,
 ) -> torch.Tensor:
     """Run reverse steps from ``x`` (the state at ``taus[0]``) through the descending grid ``taus``.
 
@@ -81,6 +83,8 @@ def sample_grid(
     (posterior "small" variance, or the model's learned range) or a DDIM step with ``eta``
     (eps re-derived from the clipped x0), x0 always clipped to [-1, 1]. ``noise()`` is called
     once for every step that adds noise (DDPM, or DDIM with eta > 0, except the step to 0).
+    With a ``lock``, every step whose tau_from is above ``lock.stop`` replaces the low band of
+    the clipped x0 by the reference's before stepping (``lowband``); without one, nothing changes.
     Runs without autograd. Returns the final state in ``model_dtype``.
     """
     if sampler not in SAMPLERS:
@@ -100,13 +104,15 @@ def sample_grid(
         output = model.predict(state.to(in_dtype), tau_from.expand(batch).clone(), cond)
         needs_noise = tau_to > 0 and (sampler == "ddpm" or eta > 0)
         step_noise = noise().to(state) if needs_noise else None
+        correct = lock if lock is not None and lock.applies_at(tau_from) else None
         result: StepResult
         if sampler == "ddpm":
             result = ddpm_step(output, state, model.schedule, tau_from, tau_to, step_noise, prediction=prediction,
-                               learned_sigma=learned_sigma, tau_above=taus[k - 1] if k > 0 else None)
+                               learned_sigma=learned_sigma, tau_above=taus[k - 1] if k > 0 else None,
+                               correct_x0=correct)
         else:
             result = ddim_step(output, state, model.schedule, tau_from, tau_to, step_noise, eta=eta,
-                               prediction=prediction, learned_sigma=learned_sigma)
+                               prediction=prediction, learned_sigma=learned_sigma, correct_x0=correct)
         state = result.sample
         if callback is not None:
             callback(k + 1, total, result.pred_x0.to(in_dtype))
@@ -126,6 +132,7 @@ def truncated_sample(
     generators: Sequence[torch.Generator],
     callback: StepCallback | None = None,
     t0: float | None = None,
+    lock: LowBandLock | None = None,
 ) -> torch.Tensor:
     """DiffBFR's truncated sampling: restore ``start`` by noising it part-way and denoising.
 
@@ -138,7 +145,8 @@ def truncated_sample(
     ``generators`` holds one ``torch.Generator`` per batch row; all noise of row i (eps, then the
     noise of each stochastic step) comes from ``generators[i]``, so a row's result does not depend
     on the other rows. ``callback(step, total, x0_pred)`` runs after each step and may raise
-    (``Interrupted``) to stop. The model runs in ``start``'s dtype; schedule quantities are
+    (``Interrupted``) to stop. ``lock`` keeps the low band of every x0 prediction on a reference
+    (see ``sample_grid``). The model runs in ``start``'s dtype; schedule quantities are
     float64, step arithmetic float32 or better. Returns the result [B, C, H, W] in ``start``'s dtype.
     """
     T = model.schedule.num_timesteps
@@ -163,4 +171,4 @@ def truncated_sample(
     noise = generator_noise(generators, work)
     x_t0 = q_sample(work, taus[0], noise(), model.schedule)
     return sample_grid(model, x_t0, taus, cond=cond, sampler=sampler, eta=eta, noise=noise, callback=callback,
-                       model_dtype=start.dtype)
+                       model_dtype=start.dtype, lock=lock)

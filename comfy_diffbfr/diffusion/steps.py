@@ -12,6 +12,7 @@ is the schedule's own beta and for a respaced grid is the references' "spaced be
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,9 @@ from .schedules import Schedule
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("small", "large")
 _LOG_VARIANCE_FLOOR = 1e-20  # SR3 clips the posterior variance here before the log
+
+X0Correction = Callable[[torch.Tensor], torch.Tensor]
+"""Applied to the (clipped) predicted x0 before a step uses it, e.g. ``lowband.LowBandLock``."""
 
 
 def _rows(value: torch.Tensor | float) -> torch.Tensor:
@@ -77,6 +81,11 @@ def to_eps_x0(prediction: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, k
     else:
         raise InvalidParameterError(f"unknown prediction type {kind!r}; choose one of {PREDICTIONS}")
     return eps, x0
+
+
+def _eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The noise that takes x0 to x_t at signal level abar."""
+    return (x_t - _per_row(abar.sqrt(), x_t) * x0) / _per_row((1.0 - abar).sqrt(), x_t)
 
 
 def clip_x0(x0: torch.Tensor) -> torch.Tensor:
@@ -179,6 +188,7 @@ def ddpm_step(
     variance: str = "small",
     clip: bool = True,
     tau_above: torch.Tensor | float | None = None,
+    correct_x0: X0Correction | None = None,
 ) -> StepResult:
     """Ancestral (DDPM) step from x_t at tau_from to tau_to: the posterior of the forward process
     between the two times given the (clipped) predicted x0, plus noise * exp(log_variance / 2),
@@ -189,6 +199,7 @@ def ddpm_step(
     beta is the step's own (spaced) beta. Otherwise ``"small"`` = the posterior variance (SR3,
     diffusers' fixed_small) or ``"large"`` = beta (guided's FIXED_LARGE), each with the clipped
     value of ``Transition`` on the final step. ``tau_above`` is the grid point before tau_from.
+    ``correct_x0`` (e.g. the low-band lock) changes the clipped x0 before the posterior uses it.
     """
     if variance not in VARIANCES:
         raise InvalidParameterError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
@@ -197,6 +208,9 @@ def ddpm_step(
     eps, x0 = to_eps_x0(main, x_t, tr.abar_from, prediction)
     if clip:
         x0 = clip_x0(x0)
+    if correct_x0 is not None:
+        x0 = correct_x0(x0)
+        eps = _eps_from_x0(x_t, x0, tr.abar_from)
     mean = _per_row(tr.coef_x0, x_t) * x0 + _per_row(tr.coef_xt, x_t) * x_t
     if var_values is not None:
         frac = (var_values.to(x_t.dtype) + 1) / 2
@@ -225,6 +239,7 @@ def ddim_step(
     learned_sigma: bool = False,
     clip: bool = True,
     rederive_eps: bool = True,
+    correct_x0: X0Correction | None = None,
 ) -> StepResult:
     """DDIM step from tau_from to tau_to:
     x_to = sqrt(abar_to) x0 + sqrt(1 - abar_to - sigma^2) eps + sigma * noise, with
@@ -233,7 +248,9 @@ def ddim_step(
     eta = 0 is deterministic (``noise`` may be None); the final step to tau = 0 returns the
     predicted x0. With ``clip``, x0 is clipped and, with ``rederive_eps`` (guided-diffusion), eps
     is recomputed from the clipped x0; diffusers' DDIMScheduler keeps the model's eps
-    (``rederive_eps=False``). Learned variance values, if any, are ignored.
+    (``rederive_eps=False``). Learned variance values, if any, are ignored. ``correct_x0`` (e.g.
+    the low-band lock) changes the clipped x0 before the step, and eps is re-derived from it so
+    the step lands on the corrected image.
     """
     if eta < 0:
         raise InvalidParameterError(f"eta must be >= 0, got {eta}")
@@ -243,8 +260,10 @@ def ddim_step(
     eps, x0 = to_eps_x0(main, x_t, abar_from, prediction)
     if clip:
         x0 = clip_x0(x0)
-        if rederive_eps:
-            eps = (x_t - _per_row(abar_from.sqrt(), x_t) * x0) / _per_row((1.0 - abar_from).sqrt(), x_t)
+    if correct_x0 is not None:
+        x0 = correct_x0(x0)
+    if (clip and rederive_eps) or correct_x0 is not None:
+        eps = _eps_from_x0(x_t, x0, abar_from)
     sigma = eta * ((1 - abar_to) / (1 - abar_from)).sqrt() * (1 - abar_from / abar_to).sqrt()
     direction = (1.0 - abar_to - sigma**2).clamp(min=0.0).sqrt()
     mean = _per_row(abar_to.sqrt(), x_t) * x0 + _per_row(direction, x_t) * eps

@@ -3,7 +3,7 @@
 Follows what ComfyUI's frontend does when it queues a graph: ``widgets_values`` are positional
 over the node's widget inputs (required, then optional, in ``INPUT_TYPES`` order), with the extra
 UI-only values skipped (the "control after generate" value after a seed, the "upload" value of an
-image picker). Muted nodes (mode 2) are dropped, bypassed nodes (mode 4) pass their input of the
+image picker); widgets added after a workflow was saved take their defaults, as in the frontend. Muted nodes (mode 2) are dropped, bypassed nodes (mode 4) pass their input of the
 same type through, Reroutes are followed, and notes are ignored.
 """
 
@@ -51,7 +51,12 @@ def _widget_values(node: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[s
             i += 1  # the "upload" value follows the required widgets
             upload_pending = False
         if i >= len(saved):
-            break
+            # Saved before this widget existed: the frontend gives it its default, and so do we.
+            if "default" in options:
+                values[name] = options["default"]
+            elif isinstance(kind, (list, tuple)) and kind:
+                values[name] = kind[0]
+            continue
         values[name] = saved[i]
         i += 1
         if _has_control(name, kind, options):
