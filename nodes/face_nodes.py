@@ -8,7 +8,7 @@ from .common import CATEGORY, FACES
 
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
-from comfy_diffbfr.faces.face_set import FaceSet
+from comfy_diffbfr.faces.face_set import FaceSet, uniform_scale
 from comfy_diffbfr.faces.selection import MODES, Selection
 
 COLOR_CORRECTIONS = ("wavelet", "adain", "none")
@@ -103,6 +103,14 @@ class DiffBFRPasteBack:
             raise DiffBFRError(
                 f"PasteBack got {image.shape[0]} images but the face set was detected on {len(faces.image_sizes)}; "
                 "connect the same images that went into DiffBFR Face Detect."
+            )
+        given = tuple(image.shape[1:3])
+        for detected in {tuple(size) for size in faces.image_sizes if uniform_scale(size, given) is None}:
+            raise DiffBFRError(
+                f"DiffBFR Paste Back: 'image' is {given[1]}x{given[0]} but the 'faces' were detected on "
+                f"{detected[1]}x{detected[0]}, and the one is not a resized copy of the other (another aspect "
+                "ratio: cropped or stretched). Connect the image that went into DiffBFR Face Detect, or a copy "
+                "resized by one factor (ImageScaleBy, or ImageScale with crop 'disabled' and the same aspect ratio)."
             )
         from comfy_diffbfr.faces import paste_back
 

@@ -16,7 +16,7 @@ Both processes run single-threaded with ``COMFY_DIFFBFR_OFFLINE=1`` (no detector
 CPU arithmetic is the same. Example:
 
     .venv/bin/python scripts/comfyui_check.py --comfyui /work/comfyui \
-        --python /work/comfyui-venv/bin/python --tiny-models --photos examples/diffbfr_example.png
+        --python /work/comfyui-venv/bin/python --tiny-models --photos assets/diffbfr_example.png
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> int:
     ap.add_argument("--python", default="/work/comfyui-venv/bin/python", help="the Python of ComfyUI's venv")
     ap.add_argument("--port", type=int, default=8188)
     ap.add_argument("--tiny-models", action="store_true", help="write small random models under the starter names")
-    ap.add_argument("--photos", type=Path, nargs="+", default=[REPO / "examples" / "diffbfr_example.png"])
+    ap.add_argument("--photos", type=Path, nargs="+", default=[REPO / "assets" / "diffbfr_example.png"])
     ap.add_argument("--workflows", type=Path, nargs="*", default=sorted((REPO / "workflows").glob("*.json")))
     ap.add_argument("--set", action="append", default=[], help="NODE.INPUT=VALUE for every workflow (both sides)")
     ap.add_argument("--steps", type=int, default=None, help="steps of every stage node (both sides), to keep CPU runs short")

@@ -8,7 +8,7 @@ import torch
 import comfy_diffbfr.models as models_pkg
 from comfy_diffbfr.errors import CheckpointError, DiffBFRError, NoFaceError, WrongModelKindError
 from comfy_diffbfr.workflow import run_workflow
-from pack_helpers import load_pack, tiny_model
+from pack_helpers import EXAMPLE_PHOTO, load_pack, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +97,13 @@ def test_degrade_node_is_seeded_and_keeps_the_size(nodes):
 
 def test_all_in_one_restore_equals_the_chain_of_nodes(nodes, model_dir, monkeypatch):
     from comfy_diffbfr.workflow.core_nodes import load_image_file
-    from pack_helpers import REPO
 
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     tiny_model(model_dir / "i64.safetensors", "irm64", ["lq"], resolution=64)
     tiny_model(model_dir / "tem.safetensors", "tem", [], resolution=None)
     load = nodes["DiffBFRModelLoader"]().load
     (m64,), (mtem,) = load("i64.safetensors", "auto"), load("tem.safetensors", "auto")
-    photo, _ = load_image_file(REPO / "examples" / "diffbfr_example.png")
+    photo, _ = load_image_file(EXAMPLE_PHOTO)
     monkeypatch.setattr(nodes["DiffBFRIRM64"], "DEFAULTS", (0.6, 3))  # the stage nodes' defaults, shortened
     monkeypatch.setattr(nodes["DiffBFRTEM"], "DEFAULTS", (0.1, 2))
     with pytest.raises(DiffBFRError, match="connect at least one model"):

@@ -93,7 +93,8 @@ def paste_back(
     use_parsing: bool | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[ImageBatch, torch.Tensor | list[torch.Tensor]]:
-    """Paste ``restored [N, h, w, 3]`` (one per face of ``face_set``, any size) into ``images``.
+    """Paste ``restored [N, h, w, 3]`` (one per face of ``face_set``, any size) into ``images``: the
+    photos the faces were found on, or copies resized by any factor (``FaceSet.scaled_to``).
 
     ``color_correction`` ("none", "wavelet", "adain") pulls each restored crop towards the colours of
     its original crop by ``strength``. ``use_parsing`` None = use the parsing mask when its weights are
@@ -104,6 +105,9 @@ def paste_back(
     batch = as_image_list(images)
     if len(batch) != len(face_set.image_sizes):
         raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
+    sizes = [tuple(image.shape[:2]) for image in batch]
+    if sizes != [tuple(s) for s in face_set.image_sizes]:
+        face_set = face_set.scaled_to(sizes)  # a resized copy of the photos: move the faces with it
     if restored.ndim != 4 or restored.shape[0] != len(face_set) or restored.shape[-1] != 3:
         raise InvalidParameterError(f"restored crops must be [{len(face_set)}, h, w, 3], got {tuple(restored.shape)}")
     if device is None:

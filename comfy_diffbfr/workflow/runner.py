@@ -24,7 +24,8 @@ from .core_nodes import CORE_NODES, RunContext, make_folder
 from .ui_format import is_ui_format, to_api
 
 PACK_MODULE = "comfy_diffbfr_pack"
-EXAMPLES_DIR = PACK_ROOT / "examples"
+ASSETS_DIR = PACK_ROOT / "assets"  # the example photo the shipped workflows load
+# (not examples/: ComfyUI would serve that folder as the template folder instead of workflows/)
 
 
 def pack_nodes() -> dict[str, type]:
@@ -220,7 +221,7 @@ def run_workflow(
     set_images(prompt, images)
     for assignment in assignments:
         set_input(prompt, assignment)
-    ctx = RunContext(output_dir=Path(output_dir), input_dirs=[Path(d) for d in input_dirs] + [EXAMPLES_DIR])
+    ctx = RunContext(output_dir=Path(output_dir), input_dirs=[Path(d) for d in input_dirs] + [ASSETS_DIR])
     make_folder(ctx.output_dir)
     extra = {"workflow": dict(workflow)} if is_ui_format(workflow) else None
     Runner(ctx, classes).run(prompt, extra_pnginfo=extra)
