@@ -86,6 +86,11 @@ def check_model(stage: StageSpec, handle: ModelHandle) -> int:
     return size
 
 
+def requires_lq(stage: StageSpec, loaded: Any) -> bool:
+    """IRM 256 needs the low-quality crops when its model is conditioned on them (IRM 64 uses its input)."""
+    return stage is IRM256 and "lq" in loaded.conditions
+
+
 def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """``[B,3,H,W]`` to ``size`` (square, or (H, W)): bicubic, antialiased when shrinking."""
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -144,7 +149,7 @@ def run_stage(
         if source == "prev":
             conds.append(resize(x, size))
         elif source == "lq":
-            if lq is None and stage is IRM256:
+            if lq is None and requires_lq(stage, model.loaded):
                 raise DiffBFRError(
                     f"{model.name!r} is conditioned on the low-quality face crops: connect the crops "
                     f"from DiffBFR Face Detect to the 'lq' input of the {stage.title} node."

@@ -9,7 +9,7 @@ from .common import CATEGORY, FACES
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
 from comfy_diffbfr.faces.face_set import FaceSet, uniform_scale
-from comfy_diffbfr.faces.selection import MODES, Selection
+from comfy_diffbfr.faces.selection import MODES, Selection, parse_indices
 
 COLOR_CORRECTIONS = ("wavelet", "adain", "none")
 
@@ -51,21 +51,38 @@ class DiffBFRFaceDetect:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, selection: str | None = None, indices: str | None = None) -> bool | str:
+        """Before anything runs (ComfyUI passes the widget values; a linked input arrives as None).
+        Naming 'selection' here turns off ComfyUI's own check of its choices, so it is checked too."""
+        if selection is not None and selection not in MODES:
+            return f"selection must be one of {', '.join(MODES)}, got {selection!r}"
+        if selection == "index" and indices is not None:
+            try:
+                numbers = parse_indices(indices)
+            except DiffBFRError as exc:
+                return str(exc)
+            if not numbers:
+                return "selection 'index' needs face numbers in 'indices', e.g. 0 or 0,2 (0 = the leftmost face)"
+        return True
+
     def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool,
                indices: str = "", min_size: float = 0.0, score_threshold: float = -1.0,
                max_faces: int = 0) -> tuple[FaceSet, torch.Tensor]:
         from comfy_diffbfr.faces import detect_faces
 
-        try:
-            numbers = tuple(int(v) for v in indices.replace(" ", "").split(",") if v)
-        except ValueError:
-            raise DiffBFRError(f"indices takes comma-separated face numbers such as 0,2; got {indices!r}") from None
-        chosen = Selection(mode=selection, indices=numbers, min_size=min_size, max_count=max_faces or None,
+        chosen = Selection(mode=selection, indices=parse_indices(indices), min_size=min_size, max_count=max_faces or None,
                            score_threshold=None if score_threshold < 0 else score_threshold)
         face_set = detect_faces(image, detector=detector, selection=chosen, crop_size=crop_size, aligned=aligned)
         if len(face_set) == 0:
+            why = "; ".join(face_set.notes.values())
+            if any(face_set.detected):  # faces were there: the selection settings dropped them all
+                raise NoFaceError(
+                    f"DiffBFR Face Detect: the selection kept no face ({why}). Change 'selection' or 'indices', "
+                    "or lower 'min_size' / 'score_threshold'."
+                )
             raise NoFaceError(
-                f"no face found with detector {detector!r} ({'; '.join(face_set.notes.values())}). Try another "
+                f"no face found with detector {detector!r} ({why}). Try another "
                 "detector, or set 'aligned' when the images are already face crops."
             )
         return (face_set, face_set.crops)

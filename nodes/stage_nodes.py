@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .common import CATEGORY, MODEL, sampling_widgets
+from .preflight import check_stage_nodes
 
 import torch
 
@@ -23,9 +24,11 @@ class _StageNode:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {"model": (MODEL,), "image": ("IMAGE",), **sampling_widgets(*cls.DEFAULTS)},
+            "hidden": {"prompt": "PROMPT"},  # the whole graph, for the check before any stage samples
         }
 
-    def run(self, model: ModelHandle, image: torch.Tensor, **settings: Any) -> tuple[torch.Tensor]:
+    def run(self, model: ModelHandle, image: torch.Tensor, prompt: dict | None = None, **settings: Any) -> tuple[torch.Tensor]:
+        check_stage_nodes(prompt or {}, STAGE_OF)
         return (stages.run_stage(self.STAGE, model, image, **settings),)
 
 
@@ -52,7 +55,8 @@ class DiffBFRIRM256(_StageNode):
         return schema
 
     def run(self, model: ModelHandle, image: torch.Tensor, lq: torch.Tensor | None = None,
-            **settings: Any) -> tuple[torch.Tensor]:
+            prompt: dict | None = None, **settings: Any) -> tuple[torch.Tensor]:
+        check_stage_nodes(prompt or {}, STAGE_OF)
         return (stages.run_stage(self.STAGE, model, image, lq=lq, **settings),)
 
 
@@ -61,3 +65,6 @@ class DiffBFRTEM(_StageNode):
     RETURN_NAMES = ("image",)
     STAGE = stages.TEM
     DEFAULTS = (0.1, 10)
+
+
+STAGE_OF = {node.__name__: node.STAGE for node in (DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM)}  # node id -> stage

@@ -45,6 +45,7 @@ class FaceSet:
     crop_size: int
     detector: str = ""
     notes: dict[int, str] = field(default_factory=dict)  # image index -> why it has no face
+    detected: list[int] = field(default_factory=list)  # faces the detector found per image, before selection
 
     def __len__(self) -> int:
         return len(self.faces)
