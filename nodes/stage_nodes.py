@@ -35,6 +35,7 @@ class _StageNode:
 class DiffBFRIRM64(_StageNode):
     DESCRIPTION = "Identity Restoration, stage 1: restores low-quality face crops at 64x64 with a conditional model."
     RETURN_NAMES = ("faces_64",)
+    SEARCH_ALIASES = ["identity", "identity restoration", "face restoration", "restore face", "blind face", "diffusion"]
     STAGE = stages.IRM64
     DEFAULTS = (0.6, 20)
 
@@ -45,6 +46,7 @@ class DiffBFRIRM256(_StageNode):
         "to 'lq' when the model is conditioned on them."
     )
     RETURN_NAMES = ("faces_256",)
+    SEARCH_ALIASES = ["identity", "identity restoration", "face restoration", "restore face", "blind face", "upscale face"]
     STAGE = stages.IRM256
     DEFAULTS = (0.5, 20)
 
@@ -63,6 +65,7 @@ class DiffBFRIRM256(_StageNode):
 class DiffBFRTEM(_StageNode):
     DESCRIPTION = "Texture Enhancement: polishes faces (or any image) with an unconditional face prior from a small t0."
     RETURN_NAMES = ("image",)
+    SEARCH_ALIASES = ["texture", "texture enhancement", "face detail", "face restoration", "restore face", "blind face"]
     STAGE = stages.TEM
     DEFAULTS = (0.1, 10)
 
