@@ -4,6 +4,7 @@ from .degrade_node import DiffBFRDegrade
 from .face_nodes import DiffBFRFaceDetect, DiffBFRPasteBack
 from .loader import DiffBFRModelLoader
 from .restore_node import DiffBFRRestore
+from .segs_nodes import DiffBFRFacesFromSEGS, DiffBFRFacesToSEGS
 from .stage_nodes import DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM
 
 # These ids are stored in saved workflows: never rename them.
@@ -16,6 +17,8 @@ NODE_CLASS_MAPPINGS = {
     "DiffBFRPasteBack": DiffBFRPasteBack,
     "DiffBFRDegrade": DiffBFRDegrade,  # extra: test inputs
     "DiffBFRRestore": DiffBFRRestore,  # extra: the whole pipeline in one node
+    "DiffBFRFacesFromSEGS": DiffBFRFacesFromSEGS,  # Impact Pack bridge
+    "DiffBFRFacesToSEGS": DiffBFRFacesToSEGS,
 }
 
 # Display names carry the words users search for: the frontend of ComfyUI 0.3.x (1.27) searches only
@@ -29,4 +32,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DiffBFRPasteBack": "DiffBFR Paste Back (restored faces)",
     "DiffBFRDegrade": "DiffBFR Degrade (test input)",
     "DiffBFRRestore": "DiffBFR Blind Face Restoration (all in one)",
+    "DiffBFRFacesFromSEGS": "DiffBFR Faces from SEGS (Impact Pack)",
+    "DiffBFRFacesToSEGS": "DiffBFR Restored Faces to SEGS (Impact Pack)",
 }

@@ -8,7 +8,7 @@ import pytest
 from pack_helpers import load_pack
 
 NODE_IDS = {"DiffBFRModelLoader", "DiffBFRFaceDetect", "DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM", "DiffBFRPasteBack"}
-SOCKET_TYPES = {"IMAGE", "MASK", "DIFFBFR_MODEL", "DIFFBFR_FACES"}
+SOCKET_TYPES = {"IMAGE", "MASK", "DIFFBFR_MODEL", "DIFFBFR_FACES", "SEGS"}  # SEGS: Impact Pack's
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
@@ -25,7 +25,7 @@ def test_the_six_stable_ids_are_exported_with_display_names(mappings):
     assert all(names[k].startswith("DiffBFR") for k in classes)
 
 
-@pytest.mark.parametrize("node_id", sorted(NODE_IDS | {"DiffBFRDegrade", "DiffBFRRestore"}))
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS | {"DiffBFRDegrade", "DiffBFRRestore", "DiffBFRFacesFromSEGS", "DiffBFRFacesToSEGS"}))
 def test_schema_is_valid(mappings, node_id):
     cls = mappings[0][node_id]
     schema = cls.INPUT_TYPES()
