@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from .host.model_cache import ModelHandle
 from .host.progress import PreviewCallback, StageProgress
 
 SAMPLERS = ("ddim", "ddpm")
-SEED_MODES = ("per_face", "same")
+SEED_MODES = ("per_face", "same", "per_track")  # per_track: seed + the face's track id (the same person in every frame)
 
 
 @dataclass(frozen=True)
@@ -106,14 +106,22 @@ def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
     return images[..., :3].movedim(-1, 1).float()
 
 
-def generators(batch: int, seed: int, seed_mode: str, device: torch.device) -> list[torch.Generator]:
-    """One generator per face: ``per_face`` seeds face i with ``seed + i``, ``same`` all with ``seed``."""
+def generators(batch: int, seed: int, seed_mode: str, device: torch.device,
+               offsets: Optional[Sequence[int]] = None) -> list[torch.Generator]:
+    """One generator per face: ``per_face`` seeds face i with ``seed + i``, ``same`` all with ``seed``,
+    ``per_track`` face i with ``seed + offsets[i]`` (its track id, ``faces.tracking.track_offsets``)."""
     if seed_mode not in SEED_MODES:
         raise InvalidParameterError(f"seed_mode must be one of {SEED_MODES}, got {seed_mode!r}")
+    if seed_mode == "per_track" and (offsets is None or len(offsets) != batch):
+        raise InvalidParameterError(
+            "seed_mode 'per_track' needs the track of every face: connect the 'faces' output of DiffBFR Face "
+            "Detect to the stage's 'faces' input (the face set these crops came from)"
+        )
+    per_face = {"per_face": range(batch), "same": [0] * batch, "per_track": offsets}[seed_mode]
     gens = []
-    for i in range(batch):
+    for offset in per_face:
         g = torch.Generator(device=device)
-        g.manual_seed((seed + i if seed_mode == "per_face" else seed) % 2**64)
+        g.manual_seed((seed + int(offset)) % 2**64)
         gens.append(g)
     return gens
 
@@ -130,9 +138,11 @@ def run_stage(
     eta: float = 0.0,
     seed: int = 0,
     seed_mode: str = "per_face",
+    seed_offsets: Optional[Sequence[int]] = None,
     callback: Optional[PreviewCallback] = None,
 ) -> torch.Tensor:
-    """Run one stage; ``images`` is the stage input, ``lq`` the low-quality crops (for ``lq`` conditions)."""
+    """Run one stage; ``images`` is the stage input, ``lq`` the low-quality crops (for ``lq`` conditions),
+    ``seed_offsets`` the per-face offsets of ``seed_mode="per_track"``."""
     from .diffusion.samplers import truncated_sample
 
     model = as_handle(model)
@@ -181,7 +191,7 @@ def run_stage(
             with torch.no_grad(), autocast(device, dtype):
                 return truncated_sample(
                     net, start, cond=cond, strength=strength, steps=steps, sampler=sampler, eta=eta,
-                    generators=generators(start.shape[0], seed, seed_mode, device), callback=on_step,
+                    generators=generators(start.shape[0], seed, seed_mode, device, seed_offsets), callback=on_step,
                 ).float()
         finally:
             progress.close()

@@ -32,6 +32,8 @@ def sampling_widgets(strength: float, steps: int) -> dict:
                          "tooltip": "Seed of the start noise; see seed_mode for how each face gets its own."}),
         "seed_mode": (list(SEED_MODES), {
             "default": "per_face",
-            "tooltip": "per_face: face i uses seed + i; same: every face uses the seed.",
+            "tooltip": "per_face: face i of the batch uses seed + i; same: every face uses the seed; per_track: "
+                       "each person uses seed + their track id, the same in every frame of a video batch "
+                       "(connect the 'faces' input).",
         }),
     }

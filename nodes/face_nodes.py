@@ -60,6 +60,11 @@ class DiffBFRFaceDetect:
                 "score_threshold": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
                                               "tooltip": "Detector score threshold; -1 = the detector's default."}),
                 "max_faces": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Keep at most this many faces per image (0 = all)."}),
+                "landmark_smoothing": ("INT", {
+                    "default": 0, "min": 0, "max": 30,
+                    "tooltip": "Video batches: average each tracked face's landmarks over this many frames on each "
+                               "side, for steadier crops (0 = off). Faces are tracked across frames by position.",
+                }),
             },
         }
 
@@ -80,8 +85,9 @@ class DiffBFRFaceDetect:
 
     def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool,
                indices: str = "", min_size: float = 0.0, score_threshold: float = -1.0,
-               max_faces: int = 0) -> tuple[FaceSet, torch.Tensor]:
+               max_faces: int = 0, landmark_smoothing: int = 0) -> tuple[FaceSet, torch.Tensor]:
         from comfy_diffbfr.faces import detect_faces
+        from comfy_diffbfr.faces.tracking import assign_tracks, smooth_tracks
 
         chosen = Selection(mode=selection, indices=parse_indices(indices), min_size=min_size, max_count=max_faces or None,
                            score_threshold=None if score_threshold < 0 else score_threshold)
@@ -97,6 +103,7 @@ class DiffBFRFaceDetect:
                 f"no face found with detector {detector!r} ({why}). Try another "
                 "detector, or set 'aligned' when the images are already face crops."
             )
+        face_set = smooth_tracks(image, assign_tracks(face_set), landmark_smoothing)
         return (face_set, face_set.crops)
 
 

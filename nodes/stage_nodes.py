@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import CATEGORY, MODEL, sampling_widgets
+from .common import CATEGORY, FACES, MODEL, sampling_widgets
 from .preflight import check_stage_nodes
 
 import torch
 
 from comfy_diffbfr import stages
+from comfy_diffbfr.faces.face_set import FaceSet
+from comfy_diffbfr.faces.tracking import track_offsets
 from comfy_diffbfr.host.model_cache import ModelHandle
+
+
+def _offsets(faces: FaceSet | None) -> list[int] | None:
+    return None if faces is None else track_offsets(faces)
 
 
 class _StageNode:
@@ -24,12 +30,15 @@ class _StageNode:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {"model": (MODEL,), "image": ("IMAGE",), **sampling_widgets(*cls.DEFAULTS)},
+            "optional": {"faces": (FACES, {"tooltip": "The face set of these crops (from DiffBFR Face Detect); "
+                                                      "seed_mode per_track reads each face's track from it."})},
             "hidden": {"prompt": "PROMPT"},  # the whole graph, for the check before any stage samples
         }
 
-    def run(self, model: ModelHandle, image: torch.Tensor, prompt: dict | None = None, **settings: Any) -> tuple[torch.Tensor]:
+    def run(self, model: ModelHandle, image: torch.Tensor, faces: FaceSet | None = None, prompt: dict | None = None,
+            **settings: Any) -> tuple[torch.Tensor]:
         check_stage_nodes(prompt or {}, STAGE_OF)
-        return (stages.run_stage(self.STAGE, model, image, **settings),)
+        return (stages.run_stage(self.STAGE, model, image, seed_offsets=_offsets(faces), **settings),)
 
 
 class DiffBFRIRM64(_StageNode):
@@ -53,13 +62,14 @@ class DiffBFRIRM256(_StageNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         schema = super().INPUT_TYPES()
-        schema["optional"] = {"lq": ("IMAGE", {"tooltip": "The low-quality face crops (from DiffBFR Face Detect)."})}
+        schema["optional"] = {"lq": ("IMAGE", {"tooltip": "The low-quality face crops (from DiffBFR Face Detect)."}),
+                              **schema["optional"]}
         return schema
 
-    def run(self, model: ModelHandle, image: torch.Tensor, lq: torch.Tensor | None = None,
+    def run(self, model: ModelHandle, image: torch.Tensor, lq: torch.Tensor | None = None, faces: FaceSet | None = None,
             prompt: dict | None = None, **settings: Any) -> tuple[torch.Tensor]:
         check_stage_nodes(prompt or {}, STAGE_OF)
-        return (stages.run_stage(self.STAGE, model, image, lq=lq, **settings),)
+        return (stages.run_stage(self.STAGE, model, image, lq=lq, seed_offsets=_offsets(faces), **settings),)
 
 
 class DiffBFRTEM(_StageNode):

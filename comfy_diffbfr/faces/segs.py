@@ -27,17 +27,11 @@ from .detect import MIN_DETECTABLE, detect_faces
 from .face_set import Face, FaceSet, ImageBatch, as_image_list, uniform_scale
 from .paste import face_layers
 from .selection import Selection
+from .tracking import box_iou
 
 SEG = namedtuple("SEG", ["cropped_image", "cropped_mask", "confidence", "crop_region", "bbox", "label",
                          "control_net_wrapper"], defaults=[None])
 MIN_OVERLAP = 0.1  # IoU with the segment's box below which a face found in its region is another face
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return float(w * h / union) if union > 0 else 0.0
 
 
 def _segments(segs: Any, size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -83,7 +77,7 @@ def faces_from_segs(images: ImageBatch, segs: Any, *, detector: str = "auto", cr
                                  crop_size=8, device=device)  # crops are made again from the whole photo below
             name = found.detector
             offset = np.array([x0, y0, x0, y0], dtype=np.float64)
-            overlaps = [_iou(f.box + offset, box) for f in found.faces]
+            overlaps = [box_iou(f.box + offset, box) for f in found.faces]
             if not overlaps or max(overlaps) < MIN_OVERLAP:
                 missing.append(k)
                 continue
