@@ -16,7 +16,8 @@ Procedure (what the acceptance note quotes):
    file) and ``.../<name>.jpg`` (its thumbnail, the name the 1.27 frontend asks for) answer 200;
 6. with ``--screenshots DIR``: ``scripts/comfyui_screenshots.py`` (run by ComfyUI's Python) opens
    every workflow in the real frontend in headless Chromium, saves a screenshot and lists nodes
-   whose drawn boxes overlap; also the template browser.
+   whose drawn boxes overlap; shoots the template browser, opens the first workflow from its card, and
+   types each search term into the node search box (a DiffBFR node must be listed).
 
 Both processes run single-threaded with ``COMFY_DIFFBFR_OFFLINE=1`` (no detector download) so the
 CPU arithmetic is the same. Example:
@@ -44,6 +45,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+SEARCH_TERMS = ("face restoration", "restore face", "blind face", "identity", "texture")  # typed into node search
 PACK = "comfy-diffbfr"  # the folder name under custom_nodes: ComfyUI's name of the pack in template routes
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COMFY_DIFFBFR_OFFLINE": "1", "COMFY_DIFFBFR_PROGRESS": "0"}
 
@@ -203,7 +205,8 @@ def main() -> int:
         print(json.dumps({"templates": report["templates"]}))
         if args.screenshots:
             shots = subprocess.run([args.python, str(REPO / "scripts" / "comfyui_screenshots.py"), "--url", base + "/",
-                                    "--out", str(args.screenshots), "--templates", *map(str, args.workflows)],
+                                    "--out", str(args.screenshots), "--templates", "--search", *SEARCH_TERMS, "--",
+                                    *map(str, args.workflows)],
                                    capture_output=True, text=True)
             report["screenshots"] = [json.loads(line) for line in shots.stdout.splitlines() if line.startswith("{")]
             for shot in report["screenshots"]:
@@ -263,7 +266,9 @@ def main() -> int:
         args.report.write_text(json.dumps(report, indent=1))
     ok = (not report["import_failed"] and all(report["node_ids_present"].values()) and report["templates"]["ok"]
           and all(r.get("bit_identical") for r in report["runs"])
-          and not report.get("screenshots_error") and not any(s.get("overlaps") for s in report.get("screenshots", [])))
+          and not report.get("screenshots_error") and not any(s.get("overlaps") for s in report.get("screenshots", []))
+          and all(s["nodes_loaded"] == s["nodes_expected"] for s in report.get("screenshots", []) if "opened" in s)
+          and all(any("DiffBFR" in r for r in s["results"]) for s in report.get("screenshots", []) if "search" in s))
     print(json.dumps({k: report[k] for k in ("import_failed", "node_ids_present", "pack_import_line")}, indent=1))
     print("ALL OK" if ok else "PROBLEMS: see", args.report)
     return 0 if ok else 1

@@ -6,10 +6,11 @@ protocol) while ComfyUI serves on 127.0.0.1:
     /work/comfyui-venv/bin/python scripts/comfyui_screenshots.py --url http://127.0.0.1:8188 \
         --out shots/ workflows/*.json
 
-For every workflow: ``app.loadGraphData`` in the page, then "fit view", then a PNG screenshot, and
-the nodes' boxes as the frontend laid them out (``pos``, ``size`` plus the 30 px title bar above
+For every workflow: ``app.loadGraphData`` in the page (with the saved view, as a user opens it),
+then a PNG screenshot, and the nodes' boxes as the frontend laid them out (``pos``, ``size`` plus the 30 px title bar above
 ``pos``); pairs of nodes whose boxes overlap are listed. ``--templates`` also opens the template
-browser (Comfy.BrowseTemplates) and shoots it. Prints one JSON line per workflow. Loopback only:
+browser (Comfy.BrowseTemplates) on the pack's category, shoots it, then clicks the first workflow's
+card and reports how many nodes that put on the canvas. Prints one JSON line per workflow. Loopback only:
 Chromium is started with its debugging port on 127.0.0.1 and a throw-away profile.
 """
 
@@ -34,8 +35,13 @@ BOXES_JS = """JSON.stringify(app.graph._nodes.map(n => ({id: n.id, type: n.type,
     pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]]})))"""
 
 
-CLICK_JS = """(() => { const hits = [...document.querySelectorAll('*')].filter(e =>
-    e.children.length === 0 && e.textContent.trim() === %s); if (hits.length) hits[0].click(); return hits.length })()"""
+CLICK_JS = """(() => { const root = document.querySelector('.p-dialog') || document;
+    const hits = [...root.querySelectorAll('*')].filter(e => e.children.length === 0 && e.textContent.trim() === %s);
+    if (hits.length) hits[0].click(); return hits.length })()"""  # a text in the open dialog
+
+
+SEARCH_RESULTS_JS = """[...document.querySelectorAll('.p-autocomplete-option, [role=option]')]
+    .map(e => e.textContent.trim().replace(/\\s+/g, ' ')).slice(0, 12)"""
 
 
 class Page:
@@ -132,11 +138,10 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.sleep(1)
                 for path in args.workflows:
                     data = json.loads(path.read_text())
-                    await page.js(f"app.loadGraphData({json.dumps(data)}, true, false, {json.dumps(path.name)})")
-                    await asyncio.sleep(1.5)
+                    # as a user opens it: the saved view (extra.ds) is restored
+                    await page.js(f"app.loadGraphData({json.dumps(data)}, true, true, {json.dumps(path.name)})")
+                    await asyncio.sleep(2)
                     boxes = json.loads(await page.js(BOXES_JS))
-                    await page.js("(async () => { await app.extensionManager.command.execute('Comfy.Canvas.FitView'); return true })()")
-                    await asyncio.sleep(1.5)
                     shot = args.out / f"{path.stem}.png"
                     await page.shoot(shot)
                     saved = {n["id"]: n["size"] for n in data["nodes"]}
@@ -145,13 +150,36 @@ async def run(args: argparse.Namespace) -> int:
                                                 for b in boxes if saved.get(b["id"]) and
                                                 any(round(v) > s for v, s in zip(b["size"], saved[b["id"]]))},
                                       "boxes": boxes}))
+                for term in args.search:
+                    # the node search box, as after a double click on the canvas: type, read the list, shoot
+                    await page.escape()
+                    await page.js("(async () => { await app.extensionManager.command.execute('Workspace.SearchBox.Toggle'); return true })()")
+                    await asyncio.sleep(1.5)
+                    await page.call("Input.insertText", text=term)
+                    await asyncio.sleep(2)
+                    shown = await page.js(SEARCH_RESULTS_JS)
+                    shot = args.out / f"search_{term.replace(' ', '_')}.png"
+                    await page.shoot(shot)
+                    print(json.dumps({"search": term, "screenshot": str(shot), "results": shown}))
+                    await page.escape()
+                    await asyncio.sleep(0.5)
                 if args.templates:
                     await page.js("(async () => { await app.extensionManager.command.execute('Comfy.BrowseTemplates'); return true })()")
                     await asyncio.sleep(3)
                     await page.js(CLICK_JS % json.dumps(args.pack))  # the pack's own category
                     await asyncio.sleep(4)  # thumbnails load
                     await page.shoot(args.out / "template_browser.png")
-                    print(json.dumps({"template_browser": str(args.out / "template_browser.png")}))
+                    # open the first workflow from its card, as a user would, and see what the canvas holds
+                    await page.js("app.graph.clear(), true")
+                    first = args.workflows[0].stem
+                    clicked = await page.js(CLICK_JS % json.dumps(first))
+                    await asyncio.sleep(4)
+                    opened = json.loads(await page.js(BOXES_JS))
+                    await page.shoot(args.out / "template_opened.png")
+                    expected = len(json.loads(args.workflows[0].read_text())["nodes"])
+                    print(json.dumps({"template_browser": str(args.out / "template_browser.png"), "opened": first,
+                                      "card_clicked": bool(clicked), "nodes_loaded": len(opened),
+                                      "nodes_expected": expected, "overlaps": overlaps(opened)}))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -168,6 +196,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--height", type=int, default=1000)
     ap.add_argument("--templates", action="store_true", help="also shoot the template browser")
+    ap.add_argument("--search", nargs="*", default=[], metavar="TERM", help="also type TERM into the node search box")
     ap.add_argument("--pack", default="comfy-diffbfr", help="the pack's folder name (its category in the template browser)")
     return asyncio.run(run(ap.parse_args()))
 
