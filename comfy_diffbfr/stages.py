@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from .host.model_cache import ModelHandle
 from .host.progress import PreviewCallback, StageProgress
 
 SAMPLERS = ("ddim", "ddpm")
-SEED_MODES = ("per_face", "same")
+SEED_MODES = ("per_face", "same", "per_track")  # per_track: seed + the face's track id (the same person in every frame)
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,11 @@ def check_model(stage: StageSpec, handle: ModelHandle) -> int:
     return size
 
 
+def requires_lq(stage: StageSpec, loaded: Any) -> bool:
+    """IRM 256 needs the low-quality crops when its model is conditioned on them (IRM 64 uses its input)."""
+    return stage is IRM256 and "lq" in loaded.conditions
+
+
 def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """``[B,3,H,W]`` to ``size`` (square, or (H, W)): bicubic, antialiased when shrinking."""
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -103,14 +108,22 @@ def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
     return images[..., :3].movedim(-1, 1).float()
 
 
-def generators(batch: int, seed: int, seed_mode: str, device: torch.device) -> list[torch.Generator]:
-    """One generator per face: ``per_face`` seeds face i with ``seed + i``, ``same`` all with ``seed``."""
+def generators(batch: int, seed: int, seed_mode: str, device: torch.device,
+               offsets: Optional[Sequence[int]] = None) -> list[torch.Generator]:
+    """One generator per face: ``per_face`` seeds face i with ``seed + i``, ``same`` all with ``seed``,
+    ``per_track`` face i with ``seed + offsets[i]`` (its track id, ``faces.tracking.track_offsets``)."""
     if seed_mode not in SEED_MODES:
         raise InvalidParameterError(f"seed_mode must be one of {SEED_MODES}, got {seed_mode!r}")
+    if seed_mode == "per_track" and (offsets is None or len(offsets) != batch):
+        raise InvalidParameterError(
+            "seed_mode 'per_track' needs the track of every face: connect the 'faces' output of DiffBFR Face "
+            "Detect to the stage's 'faces' input (the face set these crops came from)"
+        )
+    per_face = {"per_face": range(batch), "same": [0] * batch, "per_track": offsets}[seed_mode]
     gens = []
-    for i in range(batch):
+    for offset in per_face:
         g = torch.Generator(device=device)
-        g.manual_seed((seed + i if seed_mode == "per_face" else seed) % 2**64)
+        g.manual_seed((seed + int(offset)) % 2**64)
         gens.append(g)
     return gens
 
@@ -131,11 +144,13 @@ def run_stage(
     fidelity: int = 0,
     fidelity_weight: float = 1.0,
     fidelity_stop: float = 0.0,
+    seed_offsets: Optional[Sequence[int]] = None,
     callback: Optional[PreviewCallback] = None,
 ) -> torch.Tensor:
     """Run one stage; ``images`` is the stage input, ``lq`` the low-quality crops (for ``lq``
     conditions), ``reference`` what the low-band lock keeps (default: ``lq``, else ``images``);
-    ``fidelity`` the lock's band in pixels at the working size (0 = off)."""
+    ``fidelity`` the lock's band in pixels at the working size (0 = off); ``seed_offsets`` the
+    per-face offsets of ``seed_mode="per_track"``."""
     from .diffusion.lowband import LowBandLock
     from .diffusion.samplers import truncated_sample
 
@@ -153,7 +168,7 @@ def run_stage(
         if source == "prev":
             conds.append(resize(x, size))
         elif source == "lq":
-            if lq is None and stage is IRM256:
+            if lq is None and requires_lq(stage, model.loaded):
                 raise DiffBFRError(
                     f"{model.name!r} is conditioned on the low-quality face crops: connect the crops "
                     f"from DiffBFR Face Detect to the 'lq' input of the {stage.title} node."
@@ -190,7 +205,8 @@ def run_stage(
             with torch.no_grad(), autocast(device, dtype):
                 return truncated_sample(
                     net, start, cond=cond, strength=strength, steps=steps, sampler=sampler, eta=eta,
-                    generators=generators(start.shape[0], seed, seed_mode, device), callback=on_step, lock=lock,
+                    generators=generators(start.shape[0], seed, seed_mode, device, seed_offsets), callback=on_step,
+                    lock=lock,
                 ).float()
         finally:
             progress.close()

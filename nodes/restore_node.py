@@ -21,6 +21,7 @@ class DiffBFRRestore:
         "Detect, restore and paste back every face in one node. Connect any of the three stage models "
         "(they run in the order IRM 64, IRM 256, TEM) at the stage nodes' default strength and steps."
     )
+    SEARCH_ALIASES = ["face restoration", "restore face", "blind face restoration", "face restore", "identity", "texture"]
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")
@@ -33,7 +34,8 @@ class DiffBFRRestore:
                 "image": ("IMAGE",),
                 "detector": detector_widget(),
                 "color_correction": color_correction_widget(),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Seed of the start noise of every stage (face i uses seed + i)."}),
             },
             "optional": {name: (MODEL,) for name, _ in _STAGES},
         }

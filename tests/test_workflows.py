@@ -12,7 +12,7 @@ import torch
 
 from comfy_diffbfr.networks.adm_unet import ADMUNet, adm_config
 from comfy_diffbfr.workflow.runner import node_classes, run_workflow, to_prompt
-from pack_helpers import REPO, WORKFLOWS, stage_models
+from pack_helpers import EXAMPLE_PHOTO, REPO, WORKFLOWS, stage_models
 
 STAGE_NODES = {"DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM"}
 
@@ -56,7 +56,7 @@ def test_workflow_runs_headless(path, starter_models, tmp_path, monkeypatch):
     saved = ctx.saved
     assert saved, "the workflow wrote no image"
     assert all(p.parent.name == "temp" for p in ctx.previews)
-    photo = np.array(Image.open(REPO / "examples" / "diffbfr_example.png"))
+    photo = np.array(Image.open(EXAMPLE_PHOTO))
     for file in saved:
         out = np.array(Image.open(file))
         assert out.ndim == 3 and out.shape[2] == 3
@@ -105,7 +105,7 @@ def test_restore_with_stages_runs_the_default_workflow(starter_models, tmp_path,
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(blank)
-    photo = REPO / "examples" / "diffbfr_example.png"
+    photo = EXAMPLE_PHOTO
     out = tmp_path / "out"
     code = main(["restore", str(photo), str(blank), "-o", str(out), "--stages", "irm64,tem",
                  "--steps", "1", "--strength", "0.5,0.2", "--seed", "4"])
@@ -125,11 +125,11 @@ def test_restore_without_the_starter_weights_says_what_to_do(tmp_path, capsys, m
 
     monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path / "empty"))
     monkeypatch.setattr(folders, "PACK_WEIGHTS", tmp_path / "no_weights")
-    code = main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm64,irm256,tem"])
+    code = main(["restore", str(EXAMPLE_PHOTO), "-o", str(tmp_path / "o"), "--stages", "irm64,irm256,tem"])
     assert code == 2
     err = capsys.readouterr().err
     assert "starter weights 'irm64.safetensors' are not installed" in err and "'--stages none'" in err
-    assert main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm65"]) == 2
+    assert main(["restore", str(EXAMPLE_PHOTO), "-o", str(tmp_path / "o"), "--stages", "irm65"]) == 2
     assert "unknown stage(s) ['irm65']" in capsys.readouterr().err
 
 
@@ -141,7 +141,7 @@ def test_restore_keeps_the_workflows_colour_correction_unless_asked(tmp_path, mo
     monkeypatch.setattr(rw, "restore_paths", lambda paths, out, prompt, load_id, paste_id: seen.append(prompt[paste_id]["inputs"]) or 0)
     workflow = to_prompt(json.loads((REPO / "workflows" / "diffbfr_full.json").read_text()), node_classes())
     (own,) = [n["inputs"]["color_correction"] for n in workflow.values() if n["class_type"] == "DiffBFRPasteBack"]
-    photo = str(REPO / "examples" / "diffbfr_example.png")
+    photo = str(EXAMPLE_PHOTO)
     assert main(["restore", photo, "-o", str(tmp_path)]) == 0
     assert main(["restore", photo, "-o", str(tmp_path), "--color-correction", "adain", "--color-strength", "0.5"]) == 0
     assert seen[0]["color_correction"] == own != "none"
