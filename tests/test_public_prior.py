@@ -15,7 +15,7 @@ import torch
 from comfy_diffbfr.diffusion.lowband import low_band
 from comfy_diffbfr.models import load_model
 from comfy_diffbfr.workflow.core_nodes import RunContext
-from comfy_diffbfr.workflow.runner import EXAMPLES_DIR, Runner, node_classes, set_input, to_prompt
+from comfy_diffbfr.workflow.runner import ASSETS_DIR, Runner, node_classes, set_input, to_prompt
 from pack_helpers import REPO
 
 WORKFLOW = REPO / "workflows" / "diffbfr_public_prior.json"
@@ -62,7 +62,7 @@ def test_the_workflow_runs_a_public_prior_file_in_the_tem_node_locked_to_the_cro
 def test_output_low_band_is_the_crops_at_any_strength(prior, strength, one_thread):
     band = 32
     prompt, tem, detect = _prompt(strength, band)
-    runner = Runner(RunContext(output_dir=Path("."), input_dirs=[EXAMPLES_DIR]))
+    runner = Runner(RunContext(output_dir=Path("."), input_dirs=[ASSETS_DIR]))
     outputs = runner.run(prompt, targets=[tem])
     crops, restored = outputs[detect][1], outputs[tem][0]
     assert restored.shape == crops.shape
@@ -78,6 +78,6 @@ def test_output_low_band_is_the_crops_at_any_strength(prior, strength, one_threa
 @pytest.mark.slow
 def test_without_the_lock_the_prior_moves_the_low_band(prior, one_thread):
     prompt, tem, detect = _prompt(0.7, 0)
-    outputs = Runner(RunContext(output_dir=Path("."), input_dirs=[EXAMPLES_DIR])).run(prompt, targets=[tem])
+    outputs = Runner(RunContext(output_dir=Path("."), input_dirs=[ASSETS_DIR])).run(prompt, targets=[tem])
     low = lambda x: low_band(x.movedim(-1, 1).double(), 32)  # noqa: E731
     assert float((low(outputs[tem][0]) - low(outputs[detect][1])).abs().mean()) > 1e-2
