@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import params
 from ..errors import InvalidParameterError
+from .image_forms import as_image_batch
 from .color import correct_colors
 from .face_set import FaceSet, ImageBatch, as_image_list
 from .parsing import parsing_available, parsing_masks
@@ -101,7 +103,12 @@ def paste_back(
     the paste weight: ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output
     equals the input bit for bit. Alpha channels are kept unchanged.
     """
+    strength = params.BLEND.check(strength, "strength")
+    single = isinstance(images, torch.Tensor) and images.ndim == 3  # one [H, W, C] comes back as one
+    if isinstance(images, torch.Tensor):
+        images = as_image_batch(images, "images")  # uint8, channels-first ...: see image_forms
     batch = as_image_list(images)
+    restored = as_image_batch(restored, "restored")
     if len(batch) != len(face_set.image_sizes):
         raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
     if restored.ndim != 4 or restored.shape[0] != len(face_set) or restored.shape[-1] != 3:
@@ -139,7 +146,7 @@ def paste_back(
                 members = [present[g] for g in group]
                 _blend_group(out, mask, [(prepare(rows[k]), affines[k], boxes[k]) for k in members], device)
     if isinstance(images, torch.Tensor):
-        return whole, whole_masks
+        return (whole[0] if single else whole), whole_masks
     return [o[None] for o in outputs], [m[None] for m in masks]
 
 
