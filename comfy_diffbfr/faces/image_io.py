@@ -64,7 +64,10 @@ def reading(path: Path) -> Iterator[None]:
         yield
     except FileNotFoundError:
         raise ImageReadError(f"{path} does not exist") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"cannot read {path} as an image ({exc}): so many pixels are refused as a possible "
+                             "decompression bomb; scale the photo down first") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError) as exc:
         raise ImageReadError(
             f"cannot read {path} as an image ({exc}); check that it is a complete PNG, JPEG, WebP, BMP or TIFF file"
         ) from None
