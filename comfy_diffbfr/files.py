@@ -62,7 +62,8 @@ def write_atomic(targets: str | os.PathLike | Iterable[Path], write: Writer, *, 
         ) from None
     with sigterm_as_exception():
         try:
-            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{first.name}.", suffix=TEMP_SUFFIX)
+            # the name's start (file names have at most 255 bytes), a random part, the suffix
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{first.name[:120]}.", suffix=TEMP_SUFFIX)
         except OSError as exc:
             raise OutputError(f"cannot write {first}: {_reason(exc)}; choose an output folder you can write to") from None
         temp = Path(name)

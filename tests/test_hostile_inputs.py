@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from comfy_diffbfr.cli import main
-from comfy_diffbfr.errors import CheckpointError, InvalidParameterError, WorkflowError
+from comfy_diffbfr.errors import CheckpointError, InvalidParameterError
 from comfy_diffbfr.files import TEMP_SUFFIX
 from pack_helpers import REPO, tiny_model
 
@@ -139,7 +139,10 @@ def _models(tmp: Path) -> None:
 
 
 def _both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
-    return lambda tmp: [s(tmp) for s in setups] and None
+    def setup(tmp: Path) -> None:
+        for one in setups:
+            one(tmp)
+    return setup
 
 
 NONE = ["--stages", "none", "--aligned"]
@@ -167,12 +170,6 @@ def _replaced_by_the_new_result(tmp: Path) -> None:
 
 
 # --- library calls ---------------------------------------------------------------------------------
-
-def _call(fn: Callable[[Path], Any]) -> Callable[[Path], None]:
-    def act(tmp: Path) -> None:
-        fn(tmp)
-    return act
-
 
 def _tiny_tem(tmp: Path):
     from comfy_diffbfr.models import load_model
@@ -470,7 +467,7 @@ CASES: dict[str, Case] = {
                                           r"node 3 \(DiffBFRPasteBack\) input 'strength': inf is not a finite number"),
     "workflow crop_size: 1e999": Case(_workflow_file(lambda: _with(_api_workflow(), "2", crop_size=INF)), _run(), 2,
                                       r"node 2 \(DiffBFRFaceDetect\) input 'crop_size': inf is not a finite number"),
-    "PasteBack node strength NaN": Case(_nothing, _call(_paste_node), InvalidParameterError,
+    "PasteBack node strength NaN": Case(_nothing, _paste_node, InvalidParameterError,
                                         r"strength must be a finite number in \[0, 1\], got nan"),
     "paste_back(strength=inf)": Case(_nothing, _paste(INF), InvalidParameterError, r"strength must be a finite number in \[0, 1\]"),
     "run_stage(strength=nan)": Case(_nothing, _run_stage(strength=NAN), InvalidParameterError,
@@ -483,7 +480,7 @@ CASES: dict[str, Case] = {
     "detect_faces(crop_size=100000)": Case(_nothing, _detect(torch.rand(1, 8, 8, 3), crop_size=100_000), InvalidParameterError,
                                            r"crop_size must be a whole number in \[8, 2048\], got 100000"),
     # image forms at the library's entry points
-    "uint8, numpy, PIL and list images are converted": Case(_nothing, _call(_detect_equal_for_other_forms), 0, ""),
+    "uint8, numpy, PIL and list images are converted": Case(_nothing, _detect_equal_for_other_forms, 0, ""),
     "0..255 float images are refused": Case(_nothing, _detect(torch.rand(1, 16, 16, 3) * 255), InvalidParameterError,
                                             r"a 0\.\.255 image must be divided by 255; expected a ComfyUI IMAGE: float32 \[B, H, W, C\]"),
     "channels-first images are refused": Case(_nothing, _detect(torch.rand(1, 3, 16, 16)), InvalidParameterError,
@@ -511,8 +508,8 @@ CASES: dict[str, Case] = {
     "UI workflow whose nodes are numbers": Case(_workflow_file('{"nodes": [1, 2], "links": []}'), _run(), 2,
                                                 r"malformed UI-format workflow"),
     # model folders
-    "a symlinked model that is listed also loads": Case(_symlinked_model, _call(_load_listed_link), 0, ""),
-    "model names never escape the folders": Case(_symlinked_model, _call(_escape_model_folder), CheckpointError,
+    "a symlinked model that is listed also loads": Case(_symlinked_model, _load_listed_link, 0, ""),
+    "model names never escape the folders": Case(_symlinked_model, _escape_model_folder, CheckpointError,
                                                  r"must be a path inside the diffbfr model folders"),
 }
 
