@@ -13,6 +13,7 @@ import os
 import sys
 
 from .errors import DiffBFRError
+from .host.interrupt import Terminated, sigterm_as_exception
 
 COMMANDS = ("restore", "faces", "inspect", "run", "degrade", "train", "eval")
 
@@ -35,13 +36,20 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done; 1..125 that many input files failed (each reported, the others done);
+    2 an error that stopped the run (bad arguments, missing weights, no input files); 130 Ctrl-C;
+    143 SIGTERM; 141 stdout closed. An interrupted run leaves no partial file."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
-        return int(_command_module(args.command).run(args) or 0)
+        with sigterm_as_exception():
+            return int(_command_module(args.command).run(args) or 0)
     except DiffBFRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

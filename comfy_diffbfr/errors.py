@@ -35,3 +35,7 @@ class InvalidParameterError(DiffBFRError, ValueError):
 
 class WorkflowError(DiffBFRError):
     """A workflow file that cannot be read, converted or validated (unknown node, bad input value, ...)."""
+
+
+class OutputError(DiffBFRError):
+    """An output file that cannot be written (folder not writable, disk full, an empty output name, ...)."""

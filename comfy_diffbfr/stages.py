@@ -20,7 +20,9 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import params
 from .errors import DiffBFRError, InvalidParameterError, NoFaceError, WrongModelKindError
+from .faces.image_forms import as_image_batch
 from .host import interrupt
 from .host.device import autocast, intermediate_device
 from .host.model_cache import ModelHandle
@@ -103,9 +105,7 @@ def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
 
 
 def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
-    if images.ndim != 4 or images.shape[-1] < 3:
-        raise DiffBFRError(f"{what} must be an IMAGE batch [B,H,W,3], got shape {tuple(images.shape)}")
-    return images[..., :3].movedim(-1, 1).float()
+    return as_image_batch(images, what)[..., :3].movedim(-1, 1)
 
 
 def generators(batch: int, seed: int, seed_mode: str, device: torch.device,
@@ -154,6 +154,10 @@ def run_stage(
     from .diffusion.lowband import LowBandLock
     from .diffusion.samplers import truncated_sample
 
+    strength, steps, eta, seed, fidelity, fidelity_weight, fidelity_stop = (r.check(v, name) for r, v, name in (
+        (params.STRENGTH, strength, "strength"), (params.STEPS, steps, "steps"), (params.ETA, eta, "eta"),
+        (params.SEED, seed, "seed"), (params.FIDELITY, fidelity, "fidelity"),
+        (params.FIDELITY_WEIGHT, fidelity_weight, "fidelity_weight"), (params.FIDELITY_STOP, fidelity_stop, "fidelity_stop")))
     model = as_handle(model)
     size = check_model(stage, model)
     x = _to_nchw(images, f"{stage.title} input")

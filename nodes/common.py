@@ -4,30 +4,32 @@ from __future__ import annotations
 
 from . import _library  # noqa: F401  (makes comfy_diffbfr importable)
 
+from comfy_diffbfr import params
 from comfy_diffbfr.defaults import StageSettings
 from comfy_diffbfr.stages import SAMPLERS, SEED_MODES
 
 CATEGORY = "DiffBFR"
 MODEL = "DIFFBFR_MODEL"
 FACES = "DIFFBFR_FACES"
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_SEED = params.SEED.high
 
 
 def sampling_widgets(defaults: StageSettings) -> dict:
     """The widgets of the three stage nodes, in their saved order (append new ones at the end)."""
     return {
         "strength": ("FLOAT", {
-            "default": defaults.strength, "min": 0.01, "max": 1.0, "step": 0.01,
+            "default": defaults.strength, "min": params.STRENGTH.low, "max": params.STRENGTH.high, "step": 0.01,
             "tooltip": "Truncation point t0 as a fraction of the diffusion length T: how much noise is added "
                        "to the input before it is denoised. Higher = stronger restoration, less faithful.",
         }),
-        "steps": ("INT", {"default": defaults.steps, "min": 1, "max": 1000, "tooltip": "Reverse steps from t0 to 0."}),
+        "steps": ("INT", {"default": defaults.steps, "min": params.STEPS.low, "max": params.STEPS.high,
+                          "tooltip": "Reverse steps from t0 to 0."}),
         "sampler": (list(SAMPLERS), {
             "default": "ddim",
             "tooltip": "ddim: deterministic steps (with eta 0), good at few steps; ddpm: the original stochastic "
                        "sampler, which needs more steps.",
         }),
-        "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+        "eta": ("FLOAT", {"default": 0.0, "min": params.ETA.low, "max": params.ETA.high, "step": 0.01,
                           "tooltip": "DDIM noise (0 = deterministic after the start noise)."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                          "tooltip": "Seed of the start noise; see seed_mode for how each face gets its own."}),
@@ -45,7 +47,7 @@ def fidelity_widget(defaults: StageSettings) -> dict:
     still validate; the nodes then use the table's default)."""
     return {
         "fidelity": ("INT", {
-            "default": defaults.fidelity, "min": 0, "max": 1024, "step": 8,
+            "default": defaults.fidelity, "min": params.FIDELITY.low, "max": params.FIDELITY.high, "step": 8,
             "tooltip": "Keeps the face's identity: at every step the result's coarse content (what a copy "
                        "this many pixels wide, at the stage's working size, shows) is taken from the "
                        "low-quality face. 0 = off (the model alone decides); larger = closer to the input, "

@@ -6,6 +6,7 @@ import torch
 
 from .common import CATEGORY, FACES
 
+from comfy_diffbfr import params
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
 from comfy_diffbfr.faces.face_set import FaceSet, uniform_scale
@@ -48,18 +49,18 @@ class DiffBFRFaceDetect:
                 "image": ("IMAGE",),
                 "detector": detector_widget(),
                 "selection": (list(MODES), {"default": "all", "tooltip": "Which faces of each image to restore (index: see 'indices')."}),
-                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
+                "crop_size": ("INT", {"default": 512, "min": 64, "max": params.CROP_SIZE.high, "step": 64,
                                       "tooltip": "Size of the aligned face crops (FFHQ alignment). The stages resize "
                                                  "them to their own sizes; Paste Back takes any size back."}),
                 "aligned": ("BOOLEAN", {"default": False, "tooltip": "The images are already aligned face crops."}),
             },
             "optional": {
                 "indices": ("STRING", {"default": "", "tooltip": "Face numbers for selection 'index', e.g. 0,2 (0 = leftmost)."}),
-                "min_size": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 1.0,
+                "min_size": ("FLOAT", {"default": 0.0, "min": params.MIN_FACE_SIZE.low, "max": params.MIN_FACE_SIZE.high, "step": 1.0,
                                        "tooltip": "Ignore faces whose box is smaller (pixels)."}),
-                "score_threshold": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
+                "score_threshold": ("FLOAT", {"default": -1.0, "min": params.SCORE_THRESHOLD.low, "max": params.SCORE_THRESHOLD.high, "step": 0.01,
                                               "tooltip": "Detector score threshold; -1 = the detector's default."}),
-                "max_faces": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Keep at most this many faces per image (0 = all)."}),
+                "max_faces": ("INT", {"default": 0, "min": 0, "max": params.MAX_FACES.high, "tooltip": "Keep at most this many faces per image (0 = all)."}),
                 "landmark_smoothing": ("INT", {
                     "default": 0, "min": 0, "max": 30,
                     "tooltip": "Video batches: average each tracked face's landmarks over this many frames on each "
@@ -126,7 +127,7 @@ class DiffBFRPasteBack:
                 "faces": (FACES,),
                 "restored": ("IMAGE",),
                 "color_correction": color_correction_widget(),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                "strength": ("FLOAT", {"default": 1.0, "min": params.BLEND.low, "max": params.BLEND.high, "step": 0.01,
                                        "tooltip": "Blend between the original (0) and the restored faces (1)."}),
             },
         }

@@ -49,7 +49,7 @@ def parse_hints(text: str) -> dict:
         return {}
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"hints must be a JSON object like {{\"num_heads\": 4}}: {exc}") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"hints must be a JSON object like {{\"num_heads\": 4}}, got {text!r}")

@@ -87,5 +87,5 @@ def test_aligned_mode_skips_detection_and_resizes():
 
 
 def test_too_small_a_crop_size_is_refused():
-    with pytest.raises(InvalidParameterError, match="crop_size must be at least 8, got 4"):
+    with pytest.raises(InvalidParameterError, match=r"crop_size must be a whole number in \[8, 2048\], got 4"):
         detect_faces(torch.rand(1, 16, 16, 3), crop_size=4, aligned=True)

@@ -144,5 +144,6 @@ def test_model_names_from_workflows_stay_inside_the_model_folders(tmp_path):
     for name in (str(outside), "../outside.safetensors", "sub/../../outside.safetensors"):
         with pytest.raises(CheckpointError, match="must be a path inside the diffbfr model folders"):
             folders.resolve_model("diffbfr", name)
-    with pytest.raises(CheckpointError, match="not found"):  # a link that leads out of the folder
-        folders.resolve_model("diffbfr", "link.safetensors")
+    # a link the user put into the folder is followed wherever it points, as it is listed
+    assert "link.safetensors" in folders.list_models("diffbfr")
+    assert folders.resolve_model("diffbfr", "link.safetensors") == outside.resolve()

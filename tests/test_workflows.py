@@ -138,7 +138,7 @@ def test_restore_keeps_the_workflows_colour_correction_unless_asked(tmp_path, mo
     from comfy_diffbfr.workflow import restore_workflow as rw
 
     seen = []
-    monkeypatch.setattr(rw, "restore_paths", lambda paths, out, prompt, load_id, paste_id: seen.append(prompt[paste_id]["inputs"]) or 0)
+    monkeypatch.setattr(rw, "restore_paths", lambda paths, out, prompt, load_id, paste_id, **_: seen.append(prompt[paste_id]["inputs"]) or 0)
     workflow = to_prompt(json.loads((REPO / "workflows" / "diffbfr_full.json").read_text()), node_classes())
     (own,) = [n["inputs"]["color_correction"] for n in workflow.values() if n["class_type"] == "DiffBFRPasteBack"]
     photo = str(EXAMPLE_PHOTO)

@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import params
+from .argtypes import number
+
 HELP = "degrade aligned HQ faces with a seeded degradation, restore them and print PSNR, SSIM, identity and texture"
 
 
@@ -14,9 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="irm64,irm256,tem", help="stages to run, in pipeline order (default all three)")
     parser.add_argument("--model", action="append", default=[], metavar="STAGE=PATH",
                         help="use this model file for a stage instead of the default workflow's (repeatable)")
-    parser.add_argument("--strength", type=float, nargs="+", help="one for all stages or one per stage (default: the workflow's)")
-    parser.add_argument("--steps", type=int, nargs="+", help="one for all stages or one per stage (default: the workflow's)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--strength", type=number(params.STRENGTH), nargs="+",
+                        help=f"{params.STRENGTH}, one for all stages or one per stage (default: the workflow's)")
+    parser.add_argument("--steps", type=number(params.STEPS), nargs="+",
+                        help=f"{params.STEPS}, one for all stages or one per stage (default: the workflow's)")
+    parser.add_argument("--seed", type=number(params.SEED), default=0, help="sampling seed")
     parser.add_argument("--degradation", default="moderate",
                         help="'moderate', 'severe' or a JSON object of DegradationConfig fields")
     parser.add_argument("--degradation-seed", type=int, default=1234, help="face i is degraded with this seed + i")
@@ -96,23 +101,26 @@ def run(args: argparse.Namespace) -> int:
     from ..training.data import load_face_folder
     from ..training.evaluate import IdentityModel, evaluate, format_table
 
+    from ..faces.image_io import list_images
+    from ..files import OutputNames
+
     faces = load_face_folder(args.hq, 256)
+    inputs = list_images([args.hq])
     if args.limit:
         faces = faces[: args.limit]
     hq = faces.float().div(255).movedim(1, -1)
     restore, described = build_restorer(args)
     identity = None if args.no_identity else IdentityModel()
-    save = Path(args.save) if args.save else None
     on_batch = None
-    if save is not None:
-        from PIL import Image
+    if args.save:
+        from ..faces.image_io import image_writer
 
-        save.mkdir(parents=True, exist_ok=True)
+        strips = OutputNames(args.save, inputs, overwrite=True)  # a rerun replaces its strips, never an input
 
         def on_batch(start: int, lq: torch.Tensor, out: torch.Tensor) -> None:
             for i in range(lq.shape[0]):
                 strip = torch.cat([lq[i], out[i], hq[start + i]], dim=1)
-                Image.fromarray((strip * 255).round().byte().numpy()).save(save / f"face_{start + i:04d}.png")
+                strips.write(f"face_{start + i:04d}", ".png", image_writer(strip, ".png"))
 
     print(f"restoring with {described}; degradation {args.degradation!r}, seed {args.degradation_seed}")
     result = evaluate(
@@ -121,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"stages": described, "degradation": args.degradation, "input": result.input, "output": result.output,
-             "goals": result.goals(), "per_face": result.per_face}, indent=1))
+        report = {"stages": described, "degradation": args.degradation, "input": result.input, "output": result.output,
+                  "goals": result.goals(), "per_face": result.per_face}
+        text = json.dumps(report, indent=1)
+        target = Path(args.json)
+        OutputNames(target.parent, inputs, overwrite=True).write(target.stem, target.suffix,
+                                                                 lambda fh: fh.write(text.encode("utf-8")))
     return 0

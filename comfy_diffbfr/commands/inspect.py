@@ -40,6 +40,8 @@ def parse_hints(items: list[str]) -> dict[str, Any]:
             hints[key.strip()] = json.loads(value)
         except ValueError:
             hints[key.strip()] = value
+        except RecursionError:
+            raise CheckpointError(f"hint {key}: the value is nested too deeply") from None
     return hints
 
 

@@ -17,11 +17,16 @@ from typing import Any
 
 import torch
 
+from .. import params
+from ..batch import PhotoBatch
 from ..errors import DiffBFRError
-from ..faces import Selection, detect_faces, list_images, paste_back, save_image
+from ..faces import Selection, detect_faces, list_images, load_image, paste_back
 from ..faces.color import METHODS
 from ..faces.face_set import ImageBatch
-from .faces import ReadableImages, add_face_arguments, selection_from_args
+from ..faces.image_io import image_writer
+from ..files import OutputNames
+from .argtypes import add_overwrite_argument, number, number_list, output_folder
+from .faces import add_face_arguments, selection_from_args
 
 HELP = "restore every face in photos or folders and write OUTDIR/<stem>.png"
 
@@ -95,18 +100,23 @@ def _as_list(images: ImageBatch):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_face_arguments(parser)
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="folder for OUTDIR/<stem>.png")
+    parser.add_argument("-o", "--output", type=output_folder, required=True, metavar="OUTDIR", help="folder for OUTDIR/<stem>.png")
+    add_overwrite_argument(parser)
     parser.add_argument("--stages", default="irm64,irm256,tem",
                         help="diffusion stages as a comma list of irm64,irm256,tem (default: all three, run through "
                              f"workflows/diffbfr_full.json with the starter weights), or a stage list: {', '.join(STAGE_LISTS)}")
     parser.add_argument("--color-correction", choices=METHODS, default=None,
                         help="pull restored faces towards the original colours (default: the workflow's wavelet "
                              "for the diffusion stages, none for --stages none)")
-    parser.add_argument("--color-strength", type=float, default=1.0, help="colour-correction strength, 0..1")
-    parser.add_argument("--strength", default=None, metavar="S[,S...]",
-                        help="diffusion stages: truncation point t0 as a fraction of T, one for all stages or one per stage")
-    parser.add_argument("--steps", default=None, metavar="N[,N...]", help="diffusion stages: reverse steps, one or one per stage")
-    parser.add_argument("--seed", type=int, default=None, help="diffusion stages: random seed (face i uses seed + i)")
+    parser.add_argument("--color-strength", type=number(params.BLEND), default=1.0,
+                        help=f"colour-correction strength, {params.BLEND}")
+    parser.add_argument("--strength", type=number_list(params.STRENGTH), default=None, metavar="S[,S...]",
+                        help=f"diffusion stages: truncation point t0 as a fraction of T, {params.STRENGTH}, one for all "
+                             "stages or one per stage")
+    parser.add_argument("--steps", type=number_list(params.STEPS), default=None, metavar="N[,N...]",
+                        help=f"diffusion stages: reverse steps, {params.STEPS}, one or one per stage")
+    parser.add_argument("--seed", type=number(params.SEED), default=None,
+                        help=f"diffusion stages: random seed {params.SEED} (face i uses seed + i)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,17 +124,20 @@ def run(args: argparse.Namespace) -> int:
     if args.stages not in STAGE_LISTS:
         return _run_diffusion_stages(args, selection)
     restorer = stage_list(args.stages).build()
-    images = ReadableImages(args.inputs)
-    for path, image in images:
-        (result,) = restore_images(image, stages=args.stages, detector=args.detector, selection=selection,
+    batch = PhotoBatch(args.inputs)
+    names = OutputNames(args.output, batch.paths, overwrite=args.overwrite)
+
+    def process(path: Path) -> None:
+        (result,) = restore_images(load_image(path), stages=args.stages, detector=args.detector, selection=selection,
                                    aligned=args.aligned, color_correction=args.color_correction or "none",
                                    strength=args.color_strength, restorer=restorer)
-        target = save_image(result.image, args.output / f"{path.stem}.png")
+        target = names.write(path.stem, ".png", image_writer(result.image, ".png"))
         if result.faces == 0:
             print(f"note: {path}: no face found, written unchanged to {target}", file=sys.stderr)
         else:
             print(f"{path}: {result.faces} face(s) -> {target}")
-    return 2 if images.failed else 0
+
+    return batch.run(process)
 
 
 def _run_diffusion_stages(args: argparse.Namespace, selection: Selection) -> int:
@@ -132,8 +145,8 @@ def _run_diffusion_stages(args: argparse.Namespace, selection: Selection) -> int
     from ..workflow import restore_workflow as rw
 
     stages = rw.parse_stages(args.stages)
-    strength = rw.per_stage(_numbers(args.strength, float, "--strength"), stages, "--strength") if args.strength else None
-    steps = rw.per_stage(_numbers(args.steps, int, "--steps"), stages, "--steps") if args.steps else None
+    strength = rw.per_stage(args.strength, stages, "--strength") if args.strength else None
+    steps = rw.per_stage(args.steps, stages, "--steps") if args.steps else None
     prompt, load_id, paste_id = rw.restore_prompt(stages, strength=strength, steps=steps, seed=args.seed,
                                                   aligned=args.aligned, detector=args.detector)
     detect = next(k for k, v in prompt.items() if v["class_type"] == "DiffBFRFaceDetect")
@@ -145,11 +158,4 @@ def _run_diffusion_stages(args: argparse.Namespace, selection: Selection) -> int
     if args.color_correction is not None:  # else the workflow's own choice
         paste["color_correction"] = args.color_correction
     paste["strength"] = args.color_strength
-    return rw.restore_paths(list_images(args.inputs), args.output, prompt, load_id, paste_id)
-
-
-def _numbers(text: str, kind: type, flag: str) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise DiffBFRError(f"{flag} takes a number or a comma list of numbers, got {text!r}") from None
+    return rw.restore_paths(list_images(args.inputs), args.output, prompt, load_id, paste_id, overwrite=args.overwrite)

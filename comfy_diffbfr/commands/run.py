@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .argtypes import output_folder
+
 HELP = "run a ComfyUI workflow (UI or API format) headless"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", type=Path, help="workflow JSON (saved from ComfyUI, or its API format)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the saved images")
+    parser.add_argument("-o", "--output", type=output_folder, required=True,
+                        help="folder for the saved images (<prefix>_00001_.png ..., never replacing a file)")
     parser.add_argument("--input", type=Path, action="append", default=[], metavar="FILE",
                         help="image for the LoadImage nodes (repeat: one per LoadImage node, in id order)")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",

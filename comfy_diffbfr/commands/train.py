@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..diffusion.schedules import MAX_TIMESTEPS
+from ..params import Range
+from .argtypes import number
+
 HELP = "train an IRM 64, IRM 256 or TEM stage on a folder of aligned faces (torchrun for several processes)"
 
 
@@ -21,20 +25,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=d["steps"].default, help="optimizer steps in all")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="per process and micro-batch")
     parser.add_argument("--accum", type=int, default=d["accum"].default, help="micro-batches per optimizer step")
-    parser.add_argument("--lr", type=float, default=d["lr"].default)
+    parser.add_argument("--lr", type=number(Range(0.0, 1.0, open_low=True)), default=d["lr"].default)
     parser.add_argument("--warmup", type=int, default=d["warmup"].default, help="linear learning-rate warm-up steps")
-    parser.add_argument("--ema", type=float, default=d["ema"].default, help="EMA decay of the exported weights")
+    parser.add_argument("--ema", type=number(Range(0.0, 1.0)), default=d["ema"].default, help="EMA decay of the exported weights")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="autocast dtype (auto: bf16 on GPUs, fp32 on CPUs)")
     parser.add_argument("--schedule", default="linear", choices=("linear", "quad", "cosine"))
-    parser.add_argument("--num-timesteps", type=int, default=1000)
-    parser.add_argument("--t-max", type=float, help="train on t < T * this fraction (default 0.4 for the TEM, else 1)")
+    parser.add_argument("--num-timesteps", type=number(Range(1, MAX_TIMESTEPS, whole=True)), default=1000)
+    parser.add_argument("--t-max", type=number(Range(0.0, 1.0, open_low=True)),
+                        help="train on t < T * this fraction (default 0.4 for the TEM, else 1)")
     parser.add_argument("--patch", type=int, help="TEM only: train on random patches of this size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     parser.add_argument("--log-every", type=int, default=d["log_every"].default)
     parser.add_argument("--ckpt-every", type=int, default=d["ckpt_every"].default)
     parser.add_argument("--sample-every", type=int, default=0, help="write a PNG sample sheet every N steps (0: never)")
-    parser.add_argument("--max-minutes", type=float, help="stop (checkpoint and export) after this many minutes")
+    parser.add_argument("--max-minutes", type=number(Range(0.0, 1e7, open_low=True)),
+                        help="stop (checkpoint and export) after this many minutes")
     parser.add_argument("--export", help="path of the exported model (default OUT/STAGE.safetensors)")
     parser.add_argument("--export-dtype", default="fp16", choices=("fp16", "fp32"), help="stored weight dtype")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")

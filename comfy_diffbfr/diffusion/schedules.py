@@ -21,7 +21,19 @@ import torch
 from ..errors import InvalidParameterError
 
 SCHEDULE_KINDS = ("linear", "linear_range", "quad", "cosine")
+#: Far beyond any published model (1000-4000), small enough that a schedule costs at most a few MB:
+#: a model file that says 1e9 gets an error, not 22 GB of betas.
+MAX_TIMESTEPS = 100_000
 DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def checked_timesteps(num_timesteps: object) -> int:
+    """T as an int, refused (before anything is allocated) unless a whole number in [1, MAX_TIMESTEPS]."""
+    whole = (isinstance(num_timesteps, int) and not isinstance(num_timesteps, bool)) or (
+        isinstance(num_timesteps, float) and num_timesteps.is_integer())
+    if not whole or not 1 <= num_timesteps <= MAX_TIMESTEPS:
+        raise InvalidParameterError(f"num_timesteps must be a whole number in [1, {MAX_TIMESTEPS}], got {num_timesteps!r}")
+    return int(num_timesteps)
 
 
 def make_betas(kind: str, num_timesteps: int, *, start: float | None = None, end: float | None = None) -> torch.Tensor:
@@ -32,7 +44,7 @@ def make_betas(kind: str, num_timesteps: int, *, start: float | None = None, end
     - ``quad``: SR3's ``linspace(sqrt(start), sqrt(end)) ** 2``.
     - ``cosine``: Nichol & Dhariwal's, s = 0.008, betas clipped at 0.999.
     """
-    T = num_timesteps
+    T = checked_timesteps(num_timesteps)
     if kind in ("linear_range", "quad") and (start is None or end is None):
         raise InvalidParameterError(f"schedule {kind!r} needs start= and end= (the first and last beta)")
     if kind == "linear":
@@ -135,7 +147,7 @@ def diffusers_schedule(config: Mapping[str, Any]) -> Schedule:
     Reads ``num_train_timesteps``, ``beta_schedule``, ``beta_start``, ``beta_end`` and
     ``trained_betas`` with diffusers' defaults.
     """
-    T = int(config.get("num_train_timesteps", 1000))
+    T = checked_timesteps(config.get("num_train_timesteps", 1000))
     start = float(config.get("beta_start", 0.0001))
     end = float(config.get("beta_end", 0.02))
     kind = config.get("beta_schedule", "linear")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import params
 from ..errors import DiffBFRError
 
 METHODS = ("none", "wavelet", "adain")
@@ -43,6 +44,7 @@ def correct_colors(x: torch.Tensor, ref: torch.Tensor, method: str = "none", str
     """``x`` moved towards ``method``'s correction by ``strength`` (0 = unchanged, 1 = fully corrected)."""
     if method not in METHODS:
         raise DiffBFRError(f"unknown colour correction {method!r}; choose one of {', '.join(METHODS)}")
+    strength = params.BLEND.check(strength, "strength")
     if method == "none" or strength == 0:
         return x
     corrected = adain(x, ref) if method == "adain" else wavelet(x, ref)

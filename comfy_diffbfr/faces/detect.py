@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidParameterError
+from .. import params
 from .alignment import crop_face, similarity_to_template, template_points
 from .detectors import get_detector
 from .face_set import Face, FaceSet, ImageBatch, as_image_list
@@ -71,8 +71,7 @@ def detect_faces(
 ) -> FaceSet:
     """Find, select and align the faces of every photo (``[B, H, W, C]`` or a list of differently
     sized ``[1, H, W, C]``). With ``aligned=True`` each picture already is an aligned face crop."""
-    if crop_size < 8:
-        raise InvalidParameterError(f"crop_size must be at least 8, got {crop_size}")
+    crop_size = params.CROP_SIZE.check(crop_size, "crop_size")
     batch = as_image_list(images)
     det = None if aligned else get_detector(detector, device)
     faces: list[Face] = []

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidParameterError
+from .image_forms import as_image_batch
 
 ImageBatch = torch.Tensor | Sequence[torch.Tensor]
 
@@ -97,14 +98,8 @@ def uniform_scale(old: tuple[int, int], new: tuple[int, int]) -> float | None:
 
 
 def as_image_list(images: ImageBatch) -> list[torch.Tensor]:
-    """An IMAGE batch ``[B, H, W, C]`` or a list of ``[1, H, W, C]`` / ``[H, W, C]`` -> list of ``[H, W, C]``."""
-    if isinstance(images, torch.Tensor):
-        if images.ndim == 3:
-            return [images]
-        if images.ndim != 4:
-            raise InvalidParameterError(f"expected an IMAGE tensor [B, H, W, C], got shape {tuple(images.shape)}")
-        return list(images.unbind(0))
-    out = []
-    for im in images:
-        out.extend(as_image_list(im))
-    return out
+    """An IMAGE batch ``[B, H, W, C]`` or a list of ``[1, H, W, C]`` / ``[H, W, C]`` -> list of ``[H, W, C]``.
+    Other forms (uint8, numpy, PIL, ...) are converted or refused by ``image_forms.as_image_batch``."""
+    if isinstance(images, (list, tuple)):
+        return [im for item in images for im in as_image_list(item)]
+    return list(as_image_batch(images, "images").unbind(0))

@@ -7,13 +7,17 @@ files. Every one becomes RGB (C = 3) or RGB + alpha (C = 4); greyscale is repeat
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
-from ..errors import DiffBFRError, ImageReadError, InvalidParameterError
+from ..errors import ImageReadError, InvalidParameterError
+from ..files import Writer, write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _EXIF_ORIENTATION = 0x0112
@@ -30,7 +34,7 @@ _ORIENT_OPS = {
 
 
 def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files as given plus the image files inside given folders (sorted, not recursive)."""
+    """Files as given plus the image files inside given folders (sorted, not recursive); at least one."""
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -40,7 +44,35 @@ def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
             paths.append(path)
         else:
             raise ImageReadError(f"{path} does not exist: give image files or folders that contain them")
+    if not paths:
+        shown = ", ".join(map(str, inputs)) or "(none given)"
+        raise ImageReadError(f"no image files in {shown} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return paths
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Decode ``path`` inside this block: whatever a bad file makes PIL or OpenCV raise becomes an
+    ``ImageReadError`` naming the file. Truncated files are refused (never completed with grey),
+    also when another package has switched PIL's ``LOAD_TRUNCATED_IMAGES`` on; photos of more than
+    2 x ``Image.MAX_IMAGE_PIXELS`` pixels (decompression bombs) are refused by PIL.
+
+    Every reader of photos uses it: ``load_image`` and the headless runner's LoadImage."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    except FileNotFoundError:
+        raise ImageReadError(f"{path} does not exist") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"cannot read {path} as an image ({exc}): so many pixels are refused as a possible "
+                             "decompression bomb; scale the photo down first") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError) as exc:
+        raise ImageReadError(
+            f"cannot read {path} as an image ({exc}); check that it is a complete PNG, JPEG, WebP, BMP or TIFF file"
+        ) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def _is_16bit_png(path: Path) -> bool:
@@ -62,19 +94,25 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
             if raw is not None:
                 order = [2, 1, 0, 3][: raw.shape[2]]
                 return np.ascontiguousarray(raw[..., order]), orientation
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            return np.asarray(im).astype(np.uint16)[..., None], orientation
-        if im.mode in ("I", "F"):
-            arr = np.asarray(im).astype(np.float32)
-            peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-            return np.clip(arr / peak, 0, 1)[..., None], orientation
-        has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-        if im.mode in ("L", "LA"):
-            return np.asarray(im), orientation
-        return np.asarray(im.convert("RGBA" if has_alpha else "RGB")), orientation
+        return pil_pixels(im), orientation
 
 
-def _to_float(arr: np.ndarray) -> np.ndarray:
+def pil_pixels(im: Image.Image) -> np.ndarray:
+    """A PIL image's pixels as ``[H, W, C]`` (or ``[H, W]``) uint8/uint16, or float32 in [0, 1]."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(im).astype(np.uint16)[..., None]
+    if im.mode in ("I", "F"):
+        arr = np.asarray(im).astype(np.float32)
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(arr / peak, 0, 1)[..., None]
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if im.mode in ("L", "LA"):
+        return np.asarray(im)
+    return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+
+
+def to_float(arr: np.ndarray) -> np.ndarray:
+    """``[H, W]`` or ``[H, W, C]`` pixels (uint8, uint16 or float in [0, 1]) as float32 ``[H, W, 3 or 4]``."""
     if arr.ndim == 2:
         arr = arr[..., None]
     out = arr.astype(np.float32)
@@ -88,17 +126,11 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read a photo as ``[1, H, W, C]`` float32 in [0, 1]: EXIF orientation applied, alpha kept (C = 4)."""
     path = Path(path)
-    try:
+    with reading(path):
         arr, orientation = _decode(path)
-    except FileNotFoundError:
-        raise ImageReadError(f"{path} does not exist") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(
-            f"cannot read {path} as an image ({exc}); check that it is a complete PNG, JPEG, WebP, BMP or TIFF file"
-        ) from None
     if orientation in _ORIENT_OPS:
         arr = _ORIENT_OPS[orientation](arr)
-    return torch.from_numpy(np.ascontiguousarray(_to_float(arr)))[None]
+    return torch.from_numpy(np.ascontiguousarray(to_float(arr)))[None]
 
 
 _BAND_ROWS = 256  # rows converted at a time, so a huge photo never gets a full-size float temporary
@@ -113,33 +145,42 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return out
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8) -> Path:
-    """Write ``[1, H, W, C]`` or ``[H, W, C]`` (C = 3 or 4) to ``path``; PNG may be 16-bit (``bits=16``)."""
+def image_writer(image: torch.Tensor, suffix: str, *, bits: int = 8) -> Writer:
+    """``write(fh)`` that encodes ``[1, H, W, C]`` or ``[H, W, C]`` (C = 3 or 4) in the format of
+    ``suffix`` (".png", ".jpg", ...); PNG may be 16-bit (``bits=16``). Checked before anything is written."""
     if image.ndim == 4:
         if image.shape[0] != 1:
             raise InvalidParameterError(f"save_image writes one image, got a batch of {image.shape[0]}")
         image = image[0]
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise InvalidParameterError(f"save_image expects [H, W, 3 or 4], got {tuple(image.shape)}")
-    path = Path(path)
-    try:
-        _write(image, path, bits)
-    except OSError as exc:  # the folder is a file, not writable, the disk is full, ...
-        raise DiffBFRError(f"cannot write {path}: {exc.strerror or exc}; choose an output folder you can write to") from None
-    return path
-
-
-def _write(image: torch.Tensor, path: Path, bits: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix.lower()
     if bits == 16:
-        import cv2
+        if suffix != ".png":
+            raise InvalidParameterError(f"cannot write a 16-bit {suffix or 'file'}: use a .png file name")
 
-        arr = (image.clamp(0, 1).double() * 65535.0).round_().cpu().numpy().astype(np.uint16)
-        order = [2, 1, 0, 3][: arr.shape[2]]
-        if path.suffix.lower() != ".png" or not cv2.imwrite(str(path), np.ascontiguousarray(arr[..., order])):
-            raise InvalidParameterError(f"cannot write a 16-bit image to {path}: use a .png file name")
-        return
-    Image.fromarray(to_uint8(image)).save(path, **({"compress_level": 3} if path.suffix.lower() == ".png" else {}))
+        def write16(fh: BinaryIO) -> None:
+            import cv2
+
+            arr = (image.clamp(0, 1).double() * 65535.0).round_().cpu().numpy().astype(np.uint16)
+            ok, data = cv2.imencode(".png", np.ascontiguousarray(arr[..., [2, 1, 0, 3][: arr.shape[2]]]))
+            if not ok:
+                raise InvalidParameterError("OpenCV could not encode the 16-bit PNG")
+            fh.write(data.tobytes())
+
+        return write16
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None:
+        raise InvalidParameterError(f"cannot write {suffix or 'files without an extension'}: use .png, .jpg, .webp, .bmp or .tif")
+    options = {"compress_level": 3} if fmt == "PNG" else {}
+    return lambda fh: Image.fromarray(to_uint8(image)).save(fh, format=fmt, **options)
 
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "load_image", "save_image", "to_uint8"]
+def save_image(image: torch.Tensor, path: str | os.PathLike, *, bits: int = 8) -> Path:
+    """Write ``[1, H, W, C]`` or ``[H, W, C]`` (C = 3 or 4) to ``path`` (replaced in one step:
+    ``files.write_atomic``); PNG may be 16-bit (``bits=16``)."""
+    path = Path(path)
+    return write_atomic(path, image_writer(image, path.suffix, bits=bits))
+
+
+__all__ = ["IMAGE_SUFFIXES", "image_writer", "list_images", "load_image", "pil_pixels", "reading", "save_image", "to_float", "to_uint8"]

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import params
 from ..errors import InvalidParameterError
+from .image_forms import as_image_batch
 from .color import correct_colors
 from .face_set import FaceSet, ImageBatch, as_image_list
 from .parsing import parsing_available, parsing_masks
@@ -96,6 +98,7 @@ class _Placement:
 
 def _place(batch: list[torch.Tensor], face_set: FaceSet, restored: torch.Tensor, color_correction: str,
            strength: float, use_parsing: bool | None, device: torch.device | str | None) -> tuple[_Placement, torch.device]:
+    restored = as_image_batch(restored, "restored")  # uint8, channels-first ...: see image_forms
     if len(batch) != len(face_set.image_sizes):
         raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
     sizes = [tuple(image.shape[:2]) for image in batch]
@@ -141,6 +144,10 @@ def paste_back(
     the paste weight: ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output
     equals the input bit for bit. Alpha channels are kept unchanged.
     """
+    strength = params.BLEND.check(strength, "strength")
+    single = isinstance(images, torch.Tensor) and images.ndim == 3  # one [H, W, C] comes back as one
+    if isinstance(images, torch.Tensor):
+        images = as_image_batch(images, "images")  # uint8, channels-first ...: see image_forms
     batch = as_image_list(images)
     placed, device = _place(batch, face_set, restored, color_correction, strength, use_parsing, device)
 
@@ -159,7 +166,7 @@ def paste_back(
             members = [present[g] for g in group]
             _blend_group(out, mask, [(placed.prepare(r), placed.affines[r], placed.boxes[r]) for r in members], device)
     if isinstance(images, torch.Tensor):
-        return whole, whole_masks
+        return (whole[0] if single else whole), whole_masks
     return [o[None] for o in outputs], [m[None] for m in masks]
 
 

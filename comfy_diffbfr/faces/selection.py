@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import params
 from ..errors import DiffBFRError
 
 MODES = ("all", "largest", "center", "index")
@@ -17,7 +18,9 @@ class Selection:
     RetinaFace, a margin for dlib; None = the detector's default) and ``min_size`` (shorter box side,
     in pixels of the photo), then numbered left to right (by box centre). ``mode`` keeps all of them,
     the largest, the one closest to the photo's centre, or those numbered in ``indices``;
-    ``max_count`` finally keeps at most that many, largest first, in left-to-right order."""
+    ``max_count`` finally keeps at most that many (default and at most ``params.MAX_FACES.high``),
+    largest first, in left-to-right order. Numbers outside their ``params`` range (NaN too) are
+    refused with ``InvalidParameterError``."""
 
     mode: str = "all"
     indices: tuple[int, ...] = ()
@@ -30,8 +33,11 @@ class Selection:
             raise DiffBFRError(f"unknown face selection {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.mode == "index" and not self.indices:
             raise DiffBFRError("face selection 'index' needs a list of face numbers (0 = leftmost face)")
-        if self.max_count is not None and self.max_count < 1:
-            raise DiffBFRError(f"max_count must be at least 1, got {self.max_count}")
+        params.MIN_FACE_SIZE.check(self.min_size, "min_size")
+        if self.score_threshold is not None:
+            params.SCORE_THRESHOLD.check(self.score_threshold, "score_threshold")
+        if self.max_count is not None:
+            params.MAX_FACES.check(self.max_count, "max_count")
 
     def numbered(self, boxes: np.ndarray, scores: np.ndarray) -> list[int]:
         """Indices (into ``boxes [N, 4]``) of the faces that pass the score and size filters, in
@@ -58,8 +64,9 @@ class Selection:
             keep = [min(keep, key=lambda i: np.hypot(*((boxes[i, :2] + boxes[i, 2:]) / 2.0 - centre)))]
         elif self.mode == "index":
             keep = [keep[k] for k in self.indices if -len(keep) <= k < len(keep)]
-        if self.max_count is not None and len(keep) > self.max_count:
-            largest = set(sorted(keep, key=lambda i: -sizes[i])[: self.max_count])
+        limit = self.max_count or params.MAX_FACES.high  # never more crops than memory can hold
+        if len(keep) > limit:
+            largest = set(sorted(keep, key=lambda i: -sizes[i])[:limit])
             keep = [i for i in keep if i in largest]
         return keep
 

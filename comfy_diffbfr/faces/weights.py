@@ -115,6 +115,9 @@ def ensure_weights(key: str, *, download: bool = True) -> Path:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         partial.unlink(missing_ok=True)
         raise WeightsMissingError(missing_message(key, f"download failed: {exc}")) from None
+    except BaseException:  # Ctrl-C or SIGTERM: no partial download is left behind
+        partial.unlink(missing_ok=True)
+        raise
     actual = _sha256(partial)
     if actual != spec.sha256:
         partial.unlink(missing_ok=True)

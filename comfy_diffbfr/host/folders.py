@@ -70,14 +70,16 @@ def list_models(kind: str) -> list[str]:
 def resolve_model(kind: str, name: str) -> Path:
     """The file ``name`` inside one of the model folders of ``kind``.
 
-    A name from a workflow file never escapes the folders: absolute paths and ``..`` are refused.
+    A name from a workflow file never escapes the folders: absolute paths, ``..`` and NUL bytes are
+    refused. Links the user put into a model folder are followed (as ``list_models`` lists them),
+    wherever they point: the user placed them there, a workflow cannot.
     """
-    if Path(name).is_absolute() or ".." in Path(name).parts:
+    if "\x00" in name or Path(name).is_absolute() or ".." in Path(name).parts:
         raise CheckpointError(f"model name {name!r} must be a path inside the {kind} model folders (no absolute path, no '..')")
     dirs = model_dirs(kind)
     for root in dirs:
-        candidate = (root / name).resolve()
-        if candidate.exists() and candidate.is_relative_to(root.resolve()):
-            return candidate
+        candidate = root / name
+        if candidate.exists():
+            return candidate.resolve()
     searched = ", ".join(str(d) for d in dirs)
     raise CheckpointError(f"model {name!r} not found; put the file into one of: {searched}")

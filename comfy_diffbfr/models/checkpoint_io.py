@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
+from .limits import check_tensor_bytes
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -77,6 +78,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         ckpt.state_dict = {k: v for k, v in tensors.items() if not k.startswith(NATIVE_BUFFER_PREFIX)}
     else:
         ckpt.state_dict, ckpt.buffers = unwrap(tensors, path, ckpt.wrapping)
+    check_tensor_bytes({**ckpt.state_dict, **ckpt.buffers}, path.stat().st_size, path)
     return ckpt
 
 
@@ -154,14 +156,15 @@ def _read_diffusers_folder(folder: Path) -> Checkpoint:
         wrapping=[f"diffusers folder ({weights.name})"],
     )
     ckpt.state_dict, ckpt.buffers = unwrap(tensors, weights, ckpt.wrapping)
+    check_tensor_bytes({**ckpt.state_dict, **ckpt.buffers}, weights.stat().st_size, weights)
     return ckpt
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({type(exc).__name__}: {exc})") from None
 
 
 def unwrap(obj: Any, path: Path, notes: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -22,10 +22,10 @@ from torch import nn
 
 from ..diffusion.schedules import SCHEDULE_KINDS, Schedule, make_betas
 from ..errors import CheckpointError
-from . import native, signatures
+from . import limits, native, signatures
 from .native import CONDITION_SOURCES, PREDICTIONS, ROLES
 from .checkpoint_io import Checkpoint, key_sample, read_checkpoint
-from .formats.base import FormatSpec, StateDict
+from .formats.base import FormatSpec, StateDict, shape_problems
 
 FORMAT_NAMES = native.ARCHS
 #: Hints about the diffusion process and the model's use; every other hint goes to the format spec.
@@ -96,8 +96,17 @@ def load_model(path: str | Path, hints: Mapping[str, Any] | None = None) -> Load
     """Load any supported checkpoint (see ``docs/ARCHITECTURE.md``, "load_model")."""
     ckpt = read_checkpoint(path)
     info = describe(ckpt, hints)
-    net = info.spec.build(info.config)
     state_dict = ckpt.state_dict if info.format == "diffbfr" else info.spec.prepare_state_dict(ckpt.state_dict)
+    # The network on the meta device first (no memory): it must have exactly the file's keys and
+    # shapes, so the real one is never larger than the weights that were read (``limits``).
+    problems = shape_problems(_build(info, ckpt.path, meta=True), state_dict)
+    if problems:
+        raise CheckpointError(
+            f"{ckpt.path}: the weights do not fit the {info.arch} network of its config ({len(problems)} problems, "
+            f"e.g. {problems[:3]}). If you passed hints, check them; otherwise the file is damaged or not a supported layout."
+        )
+    limits.check_finite(state_dict, ckpt.path)
+    net = _build(info, ckpt.path, meta=False)
     try:
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -107,6 +116,16 @@ def load_model(path: str | Path, hints: Mapping[str, Any] | None = None) -> Load
         ) from exc
     fields = {name: getattr(info, name) for name in info.__dataclass_fields__}
     return LoadedModel(**fields, net=net.float().eval())
+
+
+def _build(info: ModelInfo, path: Path | None, *, meta: bool) -> nn.Module:
+    try:
+        if meta:
+            with torch.device("meta"):
+                return info.spec.build(info.config)
+        return info.spec.build(info.config)
+    except (TypeError, ValueError, KeyError, AssertionError) as exc:  # a stored config the network refuses
+        raise CheckpointError(f"{path}: its config cannot build a {info.arch} network ({type(exc).__name__}: {exc})") from exc
 
 
 def describe(ckpt: Checkpoint, hints: Mapping[str, Any] | None = None) -> ModelInfo:
@@ -121,9 +140,10 @@ def describe(ckpt: Checkpoint, hints: Mapping[str, Any] | None = None) -> ModelI
     if ckpt.diffusers_config is not None:
         base_hints.update({k: v for k, v in ckpt.diffusers_config.items() if not k.startswith("_")})
     config = spec.infer_config(ckpt.state_dict, {**base_hints, **spec_hints})
+    limits.check_config(config, ckpt.path)
     io = spec.io(config)
     schedule, diffusion = _diffusion_settings(fmt, ckpt, public, hints, io)
-    resolution = _resolution(hints.get("resolution", public.resolution if public else io.get("resolution")))
+    resolution = limits.check_resolution(hints.get("resolution", public.resolution if public else io.get("resolution")), ckpt.path)
     cond_channels = int(io["cond_channels"])
     return ModelInfo(
         format=fmt,
@@ -167,8 +187,13 @@ def _describe_native(ckpt: Checkpoint, hints: dict[str, Any]) -> ModelInfo:
             f"{spec_hints} do not apply; only {list(USE_HINTS)} may be overridden"
         )
     spec = format_specs()[stored.arch]
-    io = spec.io(stored.config)
-    resolution = _resolution(hints.get("resolution", stored.resolution))
+    limits.check_config(stored.config, ckpt.path)
+    try:
+        io = spec.io(stored.config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ckpt.path}: damaged diffbfr metadata: the {stored.arch} config lacks or misstates "
+                              f"{exc}") from exc
+    resolution = limits.check_resolution(hints.get("resolution", stored.resolution), ckpt.path)
     cond_channels = int(io["cond_channels"])
     conditions = _condition_list(hints["conditions"]) if "conditions" in hints else list(stored.conditions)
     return ModelInfo(
@@ -243,7 +268,7 @@ def _named_schedule(settings: Mapping[str, Any], path: Path | None) -> Schedule:
         args = {k: float(settings[k]) for k in ("beta_start", "beta_end") if k in settings and kind in ("linear_range", "quad")}
         return Schedule.from_name(kind, int(settings["num_timesteps"]),
                                   **{{"beta_start": "start", "beta_end": "end"}[k]: v for k, v in args.items()})
-    except (ValueError, TypeError, ZeroDivisionError) as exc:  # not numbers, or T = 0
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:  # not numbers, T = 0 or too large
         raise CheckpointError(f"{path}: invalid schedule {dict(settings)}: {exc}") from exc
 
 
@@ -251,6 +276,9 @@ def schedule_from_betas(betas: torch.Tensor) -> Schedule:
     """The schedule a stored betas buffer came from: the named one (exact float64 betas) when the
     buffer is its float32 cast, as SR3's are, else the stored values themselves."""
     betas = betas.detach().to("cpu", torch.float64).flatten()
+    if not 1 <= betas.numel() <= limits.MAX_TIMESTEPS or not bool(torch.isfinite(betas).all()):
+        raise CheckpointError(f"the stored betas ({betas.numel()} values) are not a schedule of 1 to "
+                              f"{limits.MAX_TIMESTEPS} finite steps; the file is damaged")
     T, first, last = betas.numel(), float(betas[0]), float(betas[-1])
     start, end = float(f"{first:.6g}"), float(f"{last:.6g}")
     # guided's "linear" first: it is a linear_range too, and the shorter description
@@ -331,16 +359,6 @@ def _as_bool(value: Any) -> bool:
             raise CheckpointError(f"expected true or false, got {value!r}")
         return value.lower() in ("true", "1", "yes")
     return bool(value)
-
-
-def _resolution(value: Any) -> int | None:
-    """A resolution from a hint or the file: whole pixels, or None when unknown."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"resolution must be a whole number of pixels such as 64 or 256, got {value!r}") from None
 
 
 def _num_params(state_dict: StateDict) -> int:

@@ -10,17 +10,17 @@ network names them, so no format spec has to translate them.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..diffusion.schedules import SCHEDULE_KINDS, Schedule
 from ..errors import CheckpointError
+from ..files import write_atomic
 from .checkpoint_io import NATIVE_BUFFER_PREFIX, NATIVE_VERSION_KEY, Checkpoint
 
 FORMAT_VERSION = 1
@@ -88,12 +88,8 @@ def save_model(
         "resolution": json.dumps(resolution),
         "training": json.dumps(training),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)  # a crash mid-write never leaves a truncated model under the real name
-    return path
+    data = safetensors_bytes(tensors, metadata=metadata)
+    return write_atomic(Path(path), lambda fh: fh.write(data))  # never a truncated model under the real name
 
 
 def _is_reproducible(schedule: Schedule) -> bool:
@@ -120,9 +116,14 @@ def read_metadata(ckpt: Checkpoint) -> NativeMetadata:
         if "betas" in schedule_meta:
             schedule = Schedule(ckpt.buffers["betas"], name="custom")
         else:
-            schedule = Schedule.from_name(schedule_meta["name"], int(schedule_meta["num_timesteps"]), **schedule_meta["args"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt.path}: damaged diffbfr metadata ({type(exc).__name__}: {exc})") from exc
+            schedule = Schedule.from_name(schedule_meta["name"], schedule_meta["num_timesteps"], **schedule_meta["args"])
+    except (KeyError, ValueError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{ckpt.path}: damaged diffbfr metadata ({type(exc).__name__}: {exc})") from None
     if fields["arch"] not in ARCHS:
         raise CheckpointError(f"{ckpt.path}: unknown arch {fields['arch']!r} in diffbfr metadata")
+    conditions = fields["conditions"]
+    if not isinstance(conditions, list) or any(c not in CONDITION_SOURCES for c in conditions):
+        raise CheckpointError(f"{ckpt.path}: damaged diffbfr metadata: conditions {conditions!r} are not a list from {CONDITION_SOURCES}")
+    if fields["prediction"] not in PREDICTIONS:
+        raise CheckpointError(f"{ckpt.path}: damaged diffbfr metadata: prediction {fields['prediction']!r} is not one of {PREDICTIONS}")
     return NativeMetadata(schedule=schedule, training=training, **fields)

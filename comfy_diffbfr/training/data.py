@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..errors import ImageReadError
+from ..faces.image_io import reading
 from .degradation import DegradationConfig, degrade
 from .presets import STAGE_INFO
 
@@ -38,10 +39,8 @@ def load_face_folder(folder: str | Path, size: int = 256) -> torch.Tensor:
         )
     out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     for i, path in enumerate(files):
-        try:
+        with reading(path):
             img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-        except OSError as exc:
-            raise ImageReadError(f"cannot read training image {path}: {exc}") from exc
         if img.size != (size, size):
             img = img.resize((size, size), Image.LANCZOS)
         out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)

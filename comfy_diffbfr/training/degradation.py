@@ -20,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import InvalidParameterError
+
 KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso")
+MAX_KERNEL_SIZE = 101  # px; a kernel costs size^2 (Real-ESRGAN uses at most 21)
+MAX_BLUR_SIGMA = 50.0  # px
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,21 @@ class DegradationConfig:
     jpeg_quality: tuple[float, float] = (60.0, 100.0)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, tuple) else (value,)
+            if f.name != "kernel_kinds" and not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+                raise InvalidParameterError(f"degradation setting {f.name}={value!r} must hold finite numbers")
+        for name in ("blur_prob", "gaussian_noise_prob", "gray_noise_prob", "poisson_prob", "jpeg_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidParameterError(f"degradation setting {name} is a probability in [0, 1], got {getattr(self, name)}")
+        if not (0 <= self.blur_sigma[0] and self.blur_sigma[-1] <= MAX_BLUR_SIGMA):
+            raise InvalidParameterError(f"blur_sigma must lie in [0, {MAX_BLUR_SIGMA}], got {self.blur_sigma}")
+        if self.kernel_size > MAX_KERNEL_SIZE:
+            raise InvalidParameterError(f"kernel_size must be at most {MAX_KERNEL_SIZE}, got {self.kernel_size}")
         for name in ("blur_sigma", "beta", "scale", "noise_sigma", "poisson_scale", "jpeg_quality"):
+            if not isinstance(getattr(self, name), tuple) or len(getattr(self, name)) != 2:
+                raise InvalidParameterError(f"degradation range {name} must be a (low, high) pair, got {getattr(self, name)!r}")
             lo, hi = getattr(self, name)
             if not lo <= hi:
                 raise ValueError(f"degradation range {name}={lo, hi}: the low end must not exceed the high end")

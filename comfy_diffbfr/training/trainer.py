@@ -31,6 +31,7 @@ from torch import nn
 
 from ..diffusion.schedules import SCHEDULE_KINDS, Schedule
 from ..errors import CheckpointError, DiffBFRError
+from ..files import write_atomic
 from ..networks.adm_unet import ADMUNet
 from .data import StagePairs, StreamBatches, load_face_folder
 from .degradation import DegradationConfig
@@ -202,9 +203,7 @@ class Trainer:
                 "opt": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict(),
             }
-            partial = path.with_name(path.name + ".partial")
-            torch.save(state, partial)
-            os.replace(partial, path)
+            write_atomic(path, lambda fh: torch.save(state, fh))
         self.dist.barrier()
         return path
 
@@ -397,9 +396,8 @@ class Trainer:
             tiles = [cond[:, j : j + 3] for j in range(0, cond.shape[1], 3)] + [out, x0]
             rows.append(torch.cat([t.clamp(-1, 1) for t in tiles], dim=-1))
         sheet = ((torch.cat(rows, dim=-2)[0] + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        path = self.out / "samples" / f"step_{self.step:07d}.png"
-        Image.fromarray(sheet).save(path)
-        return path
+        return write_atomic(self.out / "samples" / f"step_{self.step:07d}.png",
+                            lambda fh: Image.fromarray(sheet).save(fh, format="PNG"))
 
 
 def _progress(total: int, initial: int, label: str):

@@ -12,18 +12,21 @@ import json
 import os
 import random
 import re
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import count
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from ..errors import ImageReadError, WorkflowError
+from ..faces.image_io import reading
+from ..files import write_atomic
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -44,35 +47,13 @@ class RunContext:
         return self.output_dir / "temp"
 
 
-@contextmanager
-def _truncated_images_allowed():
-    """Let PIL finish truncated files, as ComfyUI does on a second try."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = True
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def _open_image(path: Path) -> Image.Image:
-    """PIL open, retrying truncated files the way ComfyUI does."""
-    try:
-        return Image.open(path)
-    except (OSError, UnidentifiedImageError, ValueError):
-        with _truncated_images_allowed():
-            try:
-                return Image.open(path)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                raise ImageReadError(f"cannot read image {path}: {exc}") from None
-
-
-def _exif_transpose(frame: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(frame)
-    except (OSError, UnidentifiedImageError, ValueError):
-        with _truncated_images_allowed():
-            return ImageOps.exif_transpose(frame)
+def _frames(path: Path) -> Iterator[Image.Image]:
+    """The frames of ``path``, EXIF-rotated. Unlike ComfyUI, which completes a truncated file with
+    grey on a second try, the runner refuses it (``image_io.reading``): nobody is watching a
+    headless run to notice the grey half."""
+    with Image.open(path) as img:
+        for frame in ImageSequence.Iterator(img):
+            yield ImageOps.exif_transpose(frame), img.format
 
 
 def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,26 +62,25 @@ def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     Frames of another size than the first are skipped; the mask is ``1 - alpha``, or a 64x64 zero
     mask when the file has no transparency.
     """
-    img = _open_image(path)
-    images, masks = [], []
-    for frame in ImageSequence.Iterator(img):
-        frame = _exif_transpose(frame)
-        if frame.mode == "I":
-            frame = frame.point(lambda v: v * (1 / 255))
-        rgb = frame.convert("RGB")
-        if images and rgb.size != (images[0].shape[2], images[0].shape[1]):
-            continue
-        images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None,])
-        if "A" in frame.getbands():
-            alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
-            mask = 1.0 - torch.from_numpy(alpha)
-        elif frame.mode == "P" and "transparency" in frame.info:
-            alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
-            mask = 1.0 - torch.from_numpy(alpha)
-        else:
-            mask = torch.zeros((64, 64), dtype=torch.float32)
-        masks.append(mask.unsqueeze(0))
-    if len(images) > 1 and img.format != "MPO":
+    images, masks, fmt = [], [], None
+    with reading(path):
+        for frame, fmt in _frames(path):
+            if frame.mode == "I":
+                frame = frame.point(lambda v: v * (1 / 255))
+            rgb = frame.convert("RGB")
+            if images and rgb.size != (images[0].shape[2], images[0].shape[1]):
+                continue
+            images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None,])
+            if "A" in frame.getbands():
+                alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)
+            elif frame.mode == "P" and "transparency" in frame.info:
+                alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
+                mask = 1.0 - torch.from_numpy(alpha)
+            else:
+                mask = torch.zeros((64, 64), dtype=torch.float32)
+            masks.append(mask.unsqueeze(0))
+    if len(images) > 1 and fmt != "MPO":
         return torch.cat(images, dim=0), torch.cat(masks, dim=0)
     return images[0], masks[0]
 
@@ -223,11 +203,16 @@ class SaveImage(_CoreNode):
                 metadata.add_text("prompt", json.dumps(prompt))
             for key, value in (extra_pnginfo or {}).items():
                 metadata.add_text(key, json.dumps(value))
-            name = f"{stem.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-            image_to_pil(image).save(target / name, pnginfo=metadata, compress_level=self.COMPRESS_LEVEL)
-            (self.ctx.saved if self.KIND == "output" else self.ctx.previews).append(target / name)
-            results.append({"filename": name, "subfolder": subfolder, "type": self.KIND})
-            counter += 1
+            base = stem.replace("%batch_num%", str(batch_number))
+            pil = image_to_pil(image)
+            # the next free counter when the file is put in place: a concurrent run (or an input
+            # of this one) under the same name is never replaced
+            path = write_atomic((target / f"{base}_{n:05}_.png" for n in count(counter)),
+                                lambda fh: pil.save(fh, format="PNG", pnginfo=metadata, compress_level=self.COMPRESS_LEVEL),
+                                replace=False)
+            counter = int(path.name[len(base) + 1 : -5]) + 1
+            (self.ctx.saved if self.KIND == "output" else self.ctx.previews).append(path)
+            results.append({"filename": path.name, "subfolder": subfolder, "type": self.KIND})
         return {"ui": {"images": results}}
 
 

@@ -92,31 +92,34 @@ def restore_file(prompt: dict, load_id: str, paste_id: str, image: Path) -> tupl
     return outputs[paste_id][0], outputs[paste_id][1]
 
 
-def restore_paths(paths: Sequence[Path], output: Path, prompt: dict, load_id: str, paste_id: str) -> int:
-    """``restore`` with stages: each photo through the prompt, written as ``output/<stem>.png``.
+def restore_paths(paths: Sequence[Path], output: Path, prompt: dict, load_id: str, paste_id: str, *,
+                  overwrite: bool = False) -> int:
+    """``restore`` with stages: each photo through the prompt, written as ``output/<stem>.png``
+    (``files.OutputNames``: never over an input, a counter name unless ``overwrite``).
 
-    A photo without a face is written unchanged (with a note); an unreadable one is reported and
-    skipped. Returns the exit code (2 when a photo could not be read)."""
+    A photo without a face is written unchanged (with a note); one that cannot be read or written
+    is reported and skipped (``batch.PhotoBatch``). Returns the exit status."""
     import sys
 
-    from ..errors import ImageReadError, NoFaceError
-    from ..faces import save_image
+    from ..batch import PhotoBatch
+    from ..errors import NoFaceError
+    from ..faces.image_io import image_writer
+    from ..files import OutputNames
     from .core_nodes import load_image_file
 
-    failed = 0
-    for path in paths:
+    batch = PhotoBatch(paths)
+    names = OutputNames(output, batch.paths, overwrite=overwrite)
+
+    def process(path: Path) -> None:
         try:
             image, _ = restore_file(prompt, load_id, paste_id, path)
             note = None
-        except ImageReadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
         except NoFaceError:
             image, note = load_image_file(path)[0][:1], "no face found, written unchanged"
-        target = save_image(image, Path(output) / f"{Path(path).stem}.png")
+        target = names.write(Path(path).stem, ".png", image_writer(image, ".png"))
         if note:
             print(f"note: {path}: {note} to {target}", file=sys.stderr)
         else:
             print(f"{path} -> {target}")
-    return 2 if failed else 0
+
+    return batch.run(process)

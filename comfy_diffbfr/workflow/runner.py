@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -51,24 +52,52 @@ def node_classes() -> dict[str, type]:
     return {**CORE_NODES, **pack_nodes()}
 
 
+#: Deeper JSON than any saved workflow has (ComfyUI's own files nest about 6 levels).
+MAX_NESTING = 64
+
+
 def load_workflow(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 text, or not JSON
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 text, or not JSON (a raw NUL byte, ...)
         raise WorkflowError(f"cannot read workflow {path}: {exc}") from None
+    except RecursionError:
+        raise WorkflowError(f"cannot read workflow {path}: its JSON is nested too deeply to be a workflow") from None
+
+
+def _check_nesting(value: Any, what: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_NESTING`` (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > MAX_NESTING:
+            raise WorkflowError(f"{what} is nested more than {MAX_NESTING} levels deep; it is not a ComfyUI workflow")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def to_prompt(workflow: Mapping[str, Any], classes: Mapping[str, type]) -> dict[str, dict]:
     """The API prompt of a UI- or API-format workflow (a deep copy, safe to edit)."""
     if not isinstance(workflow, Mapping):
         raise WorkflowError(f"not a ComfyUI workflow: expected a JSON object, got a {type(workflow).__name__}")
+    _check_nesting(workflow, "the workflow")
     if is_ui_format(workflow):
         try:
             return to_api(workflow, {name: cls.INPUT_TYPES() for name, cls in classes.items()})
-        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a field missing or of the wrong kind
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:  # a field missing or of the wrong kind
             raise WorkflowError(f"malformed UI-format workflow ({type(exc).__name__}: {exc}); "
                                 "save it again from ComfyUI or export it in the API format") from None
-    if all(isinstance(v, dict) and "class_type" in v for v in workflow.values()) and workflow:
+        except RecursionError:
+            raise WorkflowError("malformed UI-format workflow: its Reroute or bypassed nodes link in a circle") from None
+    if workflow and all(isinstance(v, Mapping) and "class_type" in v for v in workflow.values()):
+        for node_id, node in workflow.items():
+            if not isinstance(node_id, str) or not isinstance(node["class_type"], str):
+                raise WorkflowError(f"node {node_id!r}: node ids and class_type must be strings, got {node['class_type']!r}")
         return copy.deepcopy(dict(workflow))
     raise WorkflowError("not a ComfyUI workflow: expected the UI format (nodes + links) or the API format ({id: {class_type, inputs}})")
 
@@ -85,6 +114,9 @@ def set_input(prompt: dict, assignment: str) -> None:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    except RecursionError:
+        raise WorkflowError(f"--set {assignment!r}: the value is nested too deeply") from None
+    _check_nesting(value, f"--set {assignment!r}")
     inputs = prompt[node_id].get("inputs")
     if not isinstance(inputs, dict):
         raise WorkflowError(f"--set {assignment!r}: node {node_id} has no 'inputs' object")
@@ -105,27 +137,70 @@ def _id_order(node_id: str) -> tuple:
     return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
 
 
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def _convert(kind: str, value: Any) -> Any:
+    """A widget value converted as ComfyUI converts it (``int()`` truncates, numbers become text),
+    except that NaN, infinities, containers, text that is not true/false for a BOOLEAN and NUL
+    bytes are refused: ``ValueError`` with the reason."""
+    if kind in ("INT", "FLOAT"):
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            for parse in (int, float):
+                try:
+                    number = parse(value.strip())
+                    break
+                except ValueError:
+                    continue
+        if number is None:
+            raise ValueError(f"{value!r} is not a valid {kind}")
+        try:
+            finite = math.isfinite(number)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise ValueError(f"{value!r} is not a finite number")
+        if kind == "FLOAT":
+            return float(number)
+        return int(number)
+    if kind == "BOOLEAN":
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError(f"{value!r} is not true or false")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is not text")
+    value = str(value)
+    if "\x00" in value:
+        raise ValueError(f"{value!r} contains a NUL byte, which no name or text may hold")
+    return value
+
+
 def _check_value(node_id: str, cls: type, name: str, kind: Any, options: Mapping[str, Any], value: Any,
                  limits: bool = True) -> Any:
     """``value`` converted to the widget type; ``limits`` also checks min/max and the choices."""
     where = f"node {node_id} ({cls.__name__}) input {name!r}"
     if isinstance(kind, (list, tuple)):
-        if limits and value not in kind:
+        if isinstance(value, (list, dict)) or (limits and value not in kind):
             shown = ", ".join(map(repr, list(kind)[:8])) or "none available"
             raise WorkflowError(f"{where}: {value!r} is not one of the choices ({shown})")
         return value
-    converters = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
-    if kind in converters:
-        try:
-            value = converters[kind](value)
-        except (TypeError, ValueError):
-            raise WorkflowError(f"{where}: {value!r} is not a valid {kind}") from None
-        if not limits:
-            return value
-        if "min" in options and value < options["min"]:
-            raise WorkflowError(f"{where}: {value} is below the minimum {options['min']}")
-        if "max" in options and value > options["max"]:
-            raise WorkflowError(f"{where}: {value} is above the maximum {options['max']}")
+    if kind not in WIDGET_KINDS:
+        raise WorkflowError(f"{where} takes a link [node id, output slot] to another node's {kind} output, got {value!r}")
+    try:
+        value = _convert(kind, value)
+    except ValueError as exc:
+        raise WorkflowError(f"{where}: {exc}") from None
+    if not limits:
+        return value
+    if "min" in options and value < options["min"]:
+        raise WorkflowError(f"{where}: {value} is below the minimum {options['min']}")
+    if "max" in options and value > options["max"]:
+        raise WorkflowError(f"{where}: {value} is above the maximum {options['max']}")
     return value
 
 
@@ -213,7 +288,10 @@ class Runner:
             raise WorkflowError("the workflow has no output node (SaveImage, PreviewImage, ...): nothing would be produced")
         with torch.inference_mode():
             for node_id in sorted(sinks, key=_id_order):
-                self._execute(node_id, prompt, inputs, extra_pnginfo, ())
+                try:
+                    self._execute(node_id, prompt, inputs, extra_pnginfo, ())
+                except RecursionError:
+                    raise WorkflowError(f"the chain of nodes that node {node_id} depends on is too long to run") from None
         return self.outputs
 
     def _execute(self, node_id: str, prompt, inputs, extra_pnginfo, path: tuple) -> tuple:

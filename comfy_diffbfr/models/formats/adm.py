@@ -38,7 +38,7 @@ from torch import nn
 
 from ...errors import CheckpointError, WrongModelKindError
 from ...networks.adm_unet import DEFAULT_CONFIG, ADMUNet, adm_config
-from .base import FormatSpec, StateDict
+from .base import FormatSpec, StateDict, shape_problems
 
 _REQUIRED_KEYS = ("time_embed.0.weight", "input_blocks.0.0.weight", "middle_block.0.in_layers.0.weight", "out.2.weight")
 _BLOCK_KEY = re.compile(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.+)")
@@ -287,11 +287,7 @@ def _apply_hints(cfg: dict[str, Any], raw_hints: Mapping[str, Any]) -> None:
 
 def _check_shapes(net: nn.Module, state_dict: StateDict) -> None:
     """The inferred network must have exactly the checkpoint's keys and shapes."""
-    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in state_dict.items()}
-    problems = [f"{k} only in the file" for k in sorted(set(theirs) - set(own))]
-    problems += [f"{k} missing from the file" for k in sorted(set(own) - set(theirs))]
-    problems += [f"{k}: file {theirs[k]} vs inferred {own[k]}" for k in sorted(set(own) & set(theirs)) if own[k] != theirs[k]]
+    problems = shape_problems(net, state_dict)
     if problems:
         raise CheckpointError(
             f"ADM UNet checkpoint does not fit the structure inferred from it ({len(problems)} problems, e.g. "

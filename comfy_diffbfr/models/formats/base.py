@@ -49,3 +49,14 @@ class FormatSpec(ABC):
     def io(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """What the network can serve: ``in_channels``, ``out_channels``, ``cond_channels``
         (0 = unconditional), ``learned_sigma`` and ``resolution`` (native size or None)."""
+
+
+def shape_problems(net: nn.Module, state_dict: StateDict) -> list[str]:
+    """How ``state_dict`` differs from ``net``'s own keys and shapes (empty: it fits exactly).
+    Works on meta-device networks and state dicts, so a mismatch is found before any allocation."""
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state_dict.items()}
+    problems = [f"{k} only in the file" for k in sorted(set(theirs) - set(own))]
+    problems += [f"{k} missing from the file" for k in sorted(set(own) - set(theirs))]
+    problems += [f"{k}: file {theirs[k]} vs network {own[k]}" for k in sorted(set(own) & set(theirs)) if own[k] != theirs[k]]
+    return problems
