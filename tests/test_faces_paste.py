@@ -109,8 +109,8 @@ def test_colour_correction_pulls_towards_the_original(method):
     tinted = (fs.crops * torch.tensor([0.6, 0.9, 1.0]) + torch.tensor([0.0, 0.05, 0.2])).clamp(0, 1)
     plain, mask = paste_back(photo, fs, tinted)
     fixed, _ = paste_back(photo, fs, tinted, color_correction=method)
-    half, _ = paste_back(photo, fs, tinted, color_correction=method, strength=0.5)
-    none_, _ = paste_back(photo, fs, tinted, color_correction=method, strength=0.0)
+    half, _ = paste_back(photo, fs, tinted, color_correction=method, color_strength=0.5)
+    none_, _ = paste_back(photo, fs, tinted, color_correction=method, color_strength=0.0)
     inside = mask[0] == 1
     err = {name: (img[inside] - photo[inside]).abs().mean().item() for name, img in
            {"plain": plain, "fixed": fixed, "half": half, "none": none_}.items()}
@@ -146,8 +146,9 @@ def test_parsing_mask_keeps_face_classes_blurred_with_a_zero_border(monkeypatch)
             logits[:, 17, :, x.shape[-1] // 2 :] = 1
             return logits, x
 
-    monkeypatch.setattr(parsing, "find_weights", lambda key: "parsenet.pth")
-    monkeypatch.setattr(parsing, "_load", lambda path, device: HalfSkinHalfHair())
+    from comfy_diffbfr.host.model_cache import ModuleHandle
+
+    monkeypatch.setattr(parsing, "_parsenet", lambda: ModuleHandle(HalfSkinHalfHair()))
     masks = parsing.parsing_masks(torch.rand(2, 3, 256, 256))
     assert masks.shape == (2, 1, 256, 256)
     assert masks[0, 0, 128, 40] > 0.99 and masks[0, 0, 128, 220] < 0.01  # skin kept, hair not
@@ -160,7 +161,7 @@ def test_parsenet_weights_load_from_the_model_folder_and_bad_files_are_refused()
 
     from comfy_diffbfr.errors import CheckpointError
     from comfy_diffbfr.faces import weights
-    from comfy_diffbfr.faces.parsing import _load, parsing_available
+    from comfy_diffbfr.faces.parsing import _build, _parsenet, parsing_available
 
     assert not parsing_available()
     folder = weights.model_dirs(weights.KIND)[0]
@@ -171,11 +172,12 @@ def test_parsenet_weights_load_from_the_model_folder_and_bad_files_are_refused()
     torch.save({"module." + k: v for k, v in reference.state_dict().items()}, path)
     try:
         assert parsing_available()
-        net = _load(str(path), "cpu")
-        for (name, p), q in zip(net.state_dict().items(), reference.state_dict().values(), strict=True):
+        handle = _parsenet()
+        assert handle.module is _parsenet().module  # loaded once, through the model cache
+        for (name, p), q in zip(handle.module.state_dict().items(), reference.state_dict().values(), strict=True):
             assert torch.equal(p, q), name
         path.write_bytes(b"not a state dict")
         with pytest.raises(CheckpointError, match="not a usable ParseNet"):
-            _load.__wrapped__(str(path), "cpu")
+            _build(path)
     finally:
         path.unlink()

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DiffBFRError
+from ..vocabulary import COLOR_CORRECTIONS
 
-METHODS = ("none", "wavelet", "adain")
 _WAVELET_LEVELS = 5
 
 
@@ -41,8 +41,8 @@ def wavelet(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def correct_colors(x: torch.Tensor, ref: torch.Tensor, method: str = "none", strength: float = 1.0) -> torch.Tensor:
     """``x`` moved towards ``method``'s correction by ``strength`` (0 = unchanged, 1 = fully corrected)."""
-    if method not in METHODS:
-        raise DiffBFRError(f"unknown colour correction {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in COLOR_CORRECTIONS:
+        raise DiffBFRError(f"unknown colour correction {method!r}; choose one of {', '.join(COLOR_CORRECTIONS)}")
     if method == "none" or strength == 0:
         return x
     corrected = adain(x, ref) if method == "adain" else wavelet(x, ref)

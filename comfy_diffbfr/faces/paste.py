@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidParameterError
+from ..host.device import compute_device
 from .color import correct_colors
 from .face_set import FaceSet, ImageBatch, as_image_list
 from .parsing import parsing_available, parsing_masks
@@ -65,7 +66,7 @@ class _CropPreparer:
     face_set: FaceSet
     restored: torch.Tensor
     color_correction: str
-    strength: float
+    color_strength: float
     use_parsing: bool
     device: torch.device
 
@@ -76,7 +77,7 @@ class _CropPreparer:
             ref = self.face_set.crops[row : row + 1].to(self.device).permute(0, 3, 1, 2).float()
             if ref.shape[-2:] != (h, w):
                 ref = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            x = correct_colors(x, ref, self.color_correction, self.strength)
+            x = correct_colors(x, ref, self.color_correction, self.color_strength)
         weight = edge_mask(h, w, self.device)[None]
         if self.use_parsing:
             weight = weight * parsing_masks(x)
@@ -89,15 +90,15 @@ def paste_back(
     restored: torch.Tensor,
     *,
     color_correction: str = "none",
-    strength: float = 1.0,
+    color_strength: float = 1.0,
     use_parsing: bool | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[ImageBatch, torch.Tensor | list[torch.Tensor]]:
     """Paste ``restored [N, h, w, 3]`` (one per face of ``face_set``, any size) into ``images``.
 
     ``color_correction`` ("none", "wavelet", "adain") pulls each restored crop towards the colours of
-    its original crop by ``strength``. ``use_parsing`` None = use the parsing mask when its weights are
-    present. Returns the images (same form as given: one tensor, or a list of ``[1, H, W, C]``) and
+    its original crop by ``color_strength`` (0 = not at all, 1 = fully). ``use_parsing`` None = use the
+    parsing mask when its weights are present; ``device`` None = the host's compute device. Returns the images (same form as given: one tensor, or a list of ``[1, H, W, C]``) and
     the paste weight: ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output
     equals the input bit for bit. Alpha channels are kept unchanged.
     """
@@ -106,13 +107,11 @@ def paste_back(
         raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
     if restored.ndim != 4 or restored.shape[0] != len(face_set) or restored.shape[-1] != 3:
         raise InvalidParameterError(f"restored crops must be [{len(face_set)}, h, w, 3], got {tuple(restored.shape)}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = compute_device() if device is None else torch.device(device)
     if use_parsing is None:
         use_parsing = parsing_available()
     rh, rw = restored.shape[1:3]
-    prepare = _CropPreparer(face_set, restored, color_correction, strength, use_parsing, device)
+    prepare = _CropPreparer(face_set, restored, color_correction, color_strength, use_parsing, device)
     to_restored = np.diag([rw / face_set.crop_size, rh / face_set.crop_size])
 
     # One copy of the input to write into; a batch tensor is copied whole, so no second copy is stacked.

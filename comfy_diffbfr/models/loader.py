@@ -23,7 +23,8 @@ from torch import nn
 from ..diffusion.schedules import SCHEDULE_KINDS, Schedule, make_betas
 from ..errors import CheckpointError
 from . import native, signatures
-from .native import CONDITION_SOURCES, PREDICTIONS, ROLES
+from ..vocabulary import PREDICTIONS, STAGE_NAMES
+from .native import CONDITION_SOURCES
 from .checkpoint_io import Checkpoint, key_sample, read_checkpoint
 from .formats.base import FormatSpec, StateDict
 
@@ -298,8 +299,8 @@ def _role(hints: Mapping[str, Any], public: signatures.PublicCheckpoint | None, 
 def _checked_role(role: Any) -> str | None:
     if role in (None, "", "none", "None"):
         return None
-    if role not in ROLES:
-        raise CheckpointError(f"role {role!r} is not one of {ROLES}")
+    if role not in STAGE_NAMES:
+        raise CheckpointError(f"role {role!r} is not one of {STAGE_NAMES}")
     return str(role)
 
 
