@@ -35,3 +35,7 @@ class InvalidParameterError(DiffBFRError, ValueError):
 
 class WorkflowError(DiffBFRError):
     """A workflow file that cannot be read, converted or validated (unknown node, bad input value, ...)."""
+
+
+class NotEnoughMemoryError(DiffBFRError):
+    """Even one face does not fit into the compute device's memory."""

@@ -29,6 +29,8 @@ def comfy(monkeypatch):
     mm.should_use_fp16 = lambda device=None: False
     mm.should_use_bf16 = lambda device=None: False
     mm.load_models_gpu = lambda models, **kw: calls.loads.append((list(models), kw))
+    mm.get_free_memory = lambda device=None: 8 << 30
+    mm.soft_empty_cache = lambda: None
     mm.interrupt_processing = False
 
     def throw():
