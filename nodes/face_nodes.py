@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, FACES
-
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
 from comfy_diffbfr.faces.face_set import FaceSet
 from comfy_diffbfr.faces.selection import MODES, Selection
+from comfy_diffbfr.vocabulary import COLOR_CORRECTIONS
 
-COLOR_CORRECTIONS = ("wavelet", "adain", "none")
+from .common import CATEGORY, FACES
 
 
 # Widgets that DiffBFRRestore repeats: one definition keeps their choices and defaults equal
@@ -86,13 +85,24 @@ class DiffBFRPasteBack:
                 "faces": (FACES,),
                 "restored": ("IMAGE",),
                 "color_correction": color_correction_widget(),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "Blend between the original (0) and the restored faces (1)."}),
+            },
+            # Optional, so prompts saved before the rename (with 'strength') still validate; the
+            # widget keeps the position 'strength' had, so saved UI workflows load unchanged.
+            "optional": {
+                "color_strength": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "How far the colour correction pulls the restored faces towards the photo's colours: "
+                               "0 = the restored colours, 1 = fully corrected."}),
+                "strength": ("FLOAT", {
+                    "forceInput": True, "min": 0.0, "max": 1.0,
+                    "tooltip": "Old name of color_strength (API prompts saved before the rename); overrides it when given."}),
             },
         }
 
     def paste(self, image: torch.Tensor, faces: FaceSet, restored: torch.Tensor, color_correction: str,
-              strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+              color_strength: float = 1.0, strength: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from comfy_diffbfr.faces import paste_back
+
         n = len(faces.faces)
         if restored.shape[0] != n:
             raise DiffBFRError(
@@ -104,7 +114,6 @@ class DiffBFRPasteBack:
                 f"PasteBack got {image.shape[0]} images but the face set was detected on {len(faces.image_sizes)}; "
                 "connect the same images that went into DiffBFR Face Detect."
             )
-        from comfy_diffbfr.faces import paste_back
-
-        out, mask = paste_back(image, faces, restored, color_correction=color_correction, strength=strength)
+        color_strength = color_strength if strength is None else strength
+        out, mask = paste_back(image, faces, restored, color_correction=color_correction, color_strength=color_strength)
         return (out, mask)

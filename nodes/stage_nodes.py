@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import CATEGORY, MODEL, fidelity_widget, sampling_widgets
-
 import torch
 
 from comfy_diffbfr import stages
 from comfy_diffbfr.defaults import STAGE_DEFAULTS
 from comfy_diffbfr.host.model_cache import ModelHandle
+
+from .common import CATEGORY, MODEL, fidelity_widget, sampling_widgets
 
 
 class _StageNode:
