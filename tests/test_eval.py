@@ -83,6 +83,7 @@ def test_identity_distance_on_real_faces(faces_dir):
     assert 0.0 < blurred < other and other > 0.5
 
 
+@pytest.mark.slow
 def test_eval_command_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("COMFY_DIFFBFR_PROGRESS", "0")
     hq_dir = tmp_path / "hq"

@@ -13,6 +13,8 @@ import torch
 from comfy_diffbfr.faces import load_image
 from comfy_diffbfr.pipeline import DetectOptions, restore_images
 
+pytestmark = pytest.mark.slow  # a round trip over every whole photo of ../shared
+
 
 @pytest.fixture(scope="session")
 def whole_results(faces_dir):

@@ -94,7 +94,8 @@ def test_comfy_cancel_stops_the_stage_at_the_next_step(comfy, tmp_path):
     assert len(comfy.progress) == 1
 
 
-def test_face_detector_and_parser_run_under_comfy_model_management(comfy, monkeypatch):
+@pytest.mark.slow
+def test_face_detector_and_parser_run_under_comfy_model_management(comfy, monkeypatch, tmp_path):
     """Inside ComfyUI (started with --cpu here: its device is the CPU) RetinaFace and ParseNet come
     from the model cache as ModelPatchers, loaded by ComfyUI right before use."""
     from facexlib.detection.retinaface import RetinaFace
@@ -102,6 +103,7 @@ def test_face_detector_and_parser_run_under_comfy_model_management(comfy, monkey
 
     from comfy_diffbfr.faces import Selection, detect_faces, paste_back, weights
 
+    monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path))  # this test's weights stay out of the others' folder
     folder = weights.model_dirs(weights.KIND)[0]
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -144,6 +144,7 @@ def test_photo_formats_restore_with_their_face(kind, path, portrait, tmp_path, r
         assert out.shape[1:3] == portrait.shape[:2]
 
 
+@pytest.mark.slow
 def test_huge_photo_keeps_memory_bounded(portrait, tmp_path):
     """8000x6000 with one face: the run's peak memory stays a small multiple of the photo itself
     (576 MB as float32), because detection runs on a 1280 px copy and paste-back only inside the face."""

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .stage_options import add_stage_arguments, describe, stage_models, stage_settings
+from .stage_options import add_stage_arguments, describe, stage_models, stage_settings, summary
 
 HELP = "degrade aligned HQ faces with a seeded degradation, restore them and print PSNR, SSIM, identity and texture"
 
@@ -85,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
             for i in range(lq.shape[0]):
                 save_image(torch.cat([lq[i], out[i], hq[start + i]], dim=1), Path(args.save) / f"face_{start + i:04d}.png")
 
-    settings = describe(stages)
-    print("restoring with " + ("; ".join(f"{s['stage']} ({s['model']}: strength {s['strength']}, {s['steps']} steps, "
-                                         f"fidelity {s['fidelity']})" for s in settings) or "no stage")
-          + f"; degradation {args.degradation!r}, seed {args.degradation_seed}")
+    print(f"restoring with {summary(stages)}; degradation {args.degradation!r}, seed {args.degradation_seed}")
     result = evaluate(hq, restore, degradation=degradation, seed=args.degradation_seed, identity=identity,
                       batch=args.batch, on_batch=on_batch)
     print(format_table(result))
@@ -97,9 +94,13 @@ def run(args: argparse.Namespace) -> int:
         target = save_image(contact_sheet(torch.cat(inputs), torch.cat(outputs), hq, labels), args.sheet)
         print(f"contact sheet: {target}")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"settings": {"stages": settings, "degradation": args.degradation, "degradation_seed": args.degradation_seed,
-                          "faces": result.count, "hq": str(args.hq)},
-             "input": result.input, "unsharp": result.unsharp, "output": result.output,
-             "goals": result.goals(), "per_face": result.per_face}, indent=1))
+        Path(args.json).write_text(json.dumps(_report(args, stages, result), indent=1))
     return 0
+
+
+def _report(args: argparse.Namespace, stages: list, result) -> dict:
+    """What --json writes: the settings used, the averages (input, unsharp baseline, output) and every face."""
+    settings = {"stages": describe(stages), "degradation": args.degradation, "degradation_seed": args.degradation_seed,
+                "faces": result.count, "hq": str(args.hq)}
+    return {"settings": settings, "input": result.input, "unsharp": result.unsharp, "output": result.output,
+            "goals": result.goals(), "per_face": result.per_face}

@@ -20,7 +20,7 @@ from ..faces import save_image
 from ..pipeline import DetectOptions, PasteOptions, identity_model, load_stages, parse_stage_names, restore_images
 from ..vocabulary import COLOR_CORRECTIONS
 from .faces import ReadableImages, add_face_arguments, selection_from_args
-from .stage_options import add_stage_arguments, describe, stage_models, stage_settings
+from .stage_options import add_stage_arguments, describe, stage_models, stage_settings, summary
 
 HELP = "restore every face in photos or folders and write OUTDIR/<stem>.png"
 PHOTO_GROUP_PIXELS = 48_000_000  # photos restored together, at most (one larger photo goes alone)
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     paste = PasteOptions(color_correction=args.color_correction, color_strength=args.color_strength)
     identity = None if args.no_identity or not stages else identity_model()
     if stages and not args.json:
-        print("stages: " + "; ".join(f"{s['stage']} ({s['model']}: strength {s['strength']}, {s['steps']} steps, "
-                                     f"fidelity {s['fidelity']})" for s in describe(stages)), file=sys.stderr)
+        print(f"stages: {summary(stages)}", file=sys.stderr)
     images = ReadableImages(args.inputs)
     report = []
     for group in photo_groups(images):

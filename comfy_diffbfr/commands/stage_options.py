@@ -87,3 +87,9 @@ def describe(stages: Sequence[Any]) -> list[dict[str, Any]]:
     """The stages as run: name, model file, precision and every setting (for --json and messages)."""
     return [{"stage": s.name, "model": s.model.name, "precision": s.model.precision, **s.settings.as_kwargs()}
             for s in stages]
+
+
+def summary(stages: Sequence[Any]) -> str:
+    """One line: each stage with its model and main settings."""
+    return "; ".join(f"{s['stage']} ({s['model']}: strength {s['strength']}, {s['steps']} steps, fidelity {s['fidelity']})"
+                     for s in describe(stages)) or "no stage"
