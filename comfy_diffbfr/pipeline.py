@@ -176,30 +176,11 @@ def restore_images(images: ImageBatch, stages: Sequence[Stage], *, detect: Detec
     color_correction = paste.color_correction or ("wavelet" if stages else "none")
     pasted, masks = paste_back([p[None] for p in photos], face_set, restored, color_correction=color_correction,
                                color_strength=paste.color_strength, use_parsing=paste.use_parsing)
-    if stages:
-        pasted = [keep_grey(photo, image, mask) for photo, image, mask in zip(photos, pasted, masks)]
     records = face_records(face_set, restored, identity)
     return [
         RestoredPhoto(image, mask, [records[k] for k in face_set.indices_of(i)], face_set.notes.get(i, ""))
         for i, (image, mask) in enumerate(zip(pasted, masks))
     ]
-
-
-def keep_grey(photo: torch.Tensor, pasted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``pasted`` [1, H, W, C] with grey (BT.601 luma) faces where ``photo`` [H, W, C] is greyscale
-    (R = G = B everywhere, as grey files are read), so a grey photo stays grey whatever colours a
-    model gives its faces; pixels outside the ``mask`` [1, H, W] are not touched."""
-    rgb = photo[..., :3]
-    if not (torch.equal(rgb[..., 0], rgb[..., 1]) and torch.equal(rgb[..., 1], rgb[..., 2])):
-        return pasted
-    rows, cols = mask[0].gt(0).any(1).nonzero(), mask[0].gt(0).any(0).nonzero()
-    if not len(rows):
-        return pasted
-    box = (slice(None), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-    region = pasted[box][..., :3]
-    luma = (region * torch.tensor([0.299, 0.587, 0.114], device=region.device)).sum(-1, keepdim=True)
-    pasted[box][..., :3] = torch.where(mask[box][..., None] > 0, luma.expand_as(region), region)
-    return pasted
 
 
 def face_records(face_set: FaceSet, restored: torch.Tensor, identity: Any = None) -> list[FaceRecord]:

@@ -181,3 +181,20 @@ def test_parsenet_weights_load_from_the_model_folder_and_bad_files_are_refused()
             _build(path)
     finally:
         path.unlink()
+
+
+def test_a_grey_photo_gets_grey_faces():
+    """Whatever colours the restored crops have, a greyscale photo (R = G = B, as grey files are
+    read) stays grey; a colour photo keeps the crops' colours."""
+    grey = _photo(channels=1).expand(-1, -1, 3).contiguous()
+    fs = _face_set([grey], [(0, 200, 200, 0.4)])
+    red = fs.crops.clone()
+    red[..., 0] = 1.0
+    out, mask = paste_back(grey[None], fs, red)
+    inside = mask[0] > 0
+    assert inside.any() and torch.equal(out[0][~inside], grey[~inside])
+    assert (out[0, ..., 0] - out[0, ..., 2]).abs().max() == 0
+    colour = _photo()
+    fs = _face_set([colour], [(0, 200, 200, 0.4)])
+    out, mask = paste_back(colour[None], fs, fs.crops * torch.tensor([1.0, 0.0, 0.0]))
+    assert out[0, ..., 1][mask[0] > 0.99].max() < 0.01

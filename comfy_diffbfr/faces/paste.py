@@ -69,6 +69,7 @@ class _CropPreparer:
     color_strength: float
     use_parsing: bool
     device: torch.device
+    grey_images: set[int]  # photos that are greyscale: their faces are pasted grey
 
     def __call__(self, row: int) -> torch.Tensor:
         x = self.restored[row : row + 1].to(self.device).permute(0, 3, 1, 2).float()
@@ -78,10 +79,21 @@ class _CropPreparer:
             if ref.shape[-2:] != (h, w):
                 ref = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
             x = correct_colors(x, ref, self.color_correction, self.color_strength)
+        if self.face_set.faces[row].image_index in self.grey_images and not _is_grey(x, dim=1):
+            x = (x * LUMA.to(x.device)[:, None, None]).sum(1, keepdim=True).expand(-1, 3, -1, -1)
         weight = edge_mask(h, w, self.device)[None]
         if self.use_parsing:
             weight = weight * parsing_masks(x)
         return torch.cat([x.clamp(0, 1), weight], dim=1)[0]
+
+
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # BT.601
+
+
+def _is_grey(x: torch.Tensor, dim: int = -1) -> bool:
+    """R = G = B everywhere (how greyscale files are read)."""
+    r, g, b = x.narrow(dim, 0, 1), x.narrow(dim, 1, 1), x.narrow(dim, 2, 1)
+    return bool(torch.equal(r, g) and torch.equal(g, b))
 
 
 def paste_back(
@@ -100,7 +112,8 @@ def paste_back(
     its original crop by ``color_strength`` (0 = not at all, 1 = fully). ``use_parsing`` None = use the
     parsing mask when its weights are present; ``device`` None = the host's compute device. Returns the images (same form as given: one tensor, or a list of ``[1, H, W, C]``) and
     the paste weight: ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output
-    equals the input bit for bit. Alpha channels are kept unchanged.
+    equals the input bit for bit. Alpha channels are kept unchanged; a greyscale photo (R = G = B)
+    gets its faces in grey (BT.601 luma), whatever colours a model gave them.
     """
     batch = as_image_list(images)
     if len(batch) != len(face_set.image_sizes):
@@ -111,7 +124,8 @@ def paste_back(
     if use_parsing is None:
         use_parsing = parsing_available()
     rh, rw = restored.shape[1:3]
-    prepare = _CropPreparer(face_set, restored, color_correction, color_strength, use_parsing, device)
+    grey = {i for i, image in enumerate(batch) if face_set.indices_of(i) and _is_grey(image[..., :3])}
+    prepare = _CropPreparer(face_set, restored, color_correction, color_strength, use_parsing, device, grey)
     to_restored = np.diag([rw / face_set.crop_size, rh / face_set.crop_size])
 
     # One copy of the input to write into; a batch tensor is copied whole, so no second copy is stacked.
