@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,11 @@ def check_model(stage: StageSpec, handle: ModelHandle) -> int:
     return size
 
 
+def requires_lq(stage: StageSpec, loaded: Any) -> bool:
+    """IRM 256 needs the low-quality crops when its model is conditioned on them (IRM 64 uses its input)."""
+    return stage is IRM256 and "lq" in loaded.conditions
+
+
 def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """``[B,3,H,W]`` to ``size`` (square, or (H, W)): bicubic, antialiased when shrinking."""
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -104,16 +109,24 @@ def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
     return images[..., :3].movedim(-1, 1).float()
 
 
-def generators(batch: int, seed: int, seed_mode: str, device: torch.device, first: int = 0) -> list[torch.Generator]:
+def generators(batch: int, seed: int, seed_mode: str, device: torch.device, first: int = 0,
+               offsets: Optional[Sequence[int]] = None) -> list[torch.Generator]:
     """One generator per face, for faces ``first .. first + batch - 1`` of the run: ``per_face``
-    seeds face i with ``seed + i``, ``same`` every face with ``seed``. A face's noise therefore
-    depends on its place in the run, never on how the run is cut into batches."""
+    seeds face i with ``seed + i``, ``same`` every face with ``seed``, ``per_track`` row k with
+    ``seed + offsets[k]`` (its track id, ``faces.tracking.track_offsets``). A face's noise therefore
+    depends on its place in the run or its track, never on how the run is cut into batches."""
     if seed_mode not in SEED_MODES:
         raise InvalidParameterError(f"seed_mode must be one of {SEED_MODES}, got {seed_mode!r}")
+    if seed_mode == "per_track" and (offsets is None or len(offsets) != batch):
+        raise InvalidParameterError(
+            "seed_mode 'per_track' needs the track of every face: connect the 'faces' output of DiffBFR Face "
+            "Detect to the stage's 'faces' input (the face set these crops came from)"
+        )
+    per_face = {"per_face": range(first, first + batch), "same": [0] * batch, "per_track": offsets}[seed_mode]
     gens = []
-    for i in range(first, first + batch):
+    for offset in per_face:
         g = torch.Generator(device=device)
-        g.manual_seed((seed + i if seed_mode == "per_face" else seed) % 2**64)
+        g.manual_seed((seed + int(offset)) % 2**64)
         gens.append(g)
     return gens
 
@@ -150,7 +163,7 @@ def _inputs(stage: StageSpec, model: ModelHandle, x: torch.Tensor, lq: Optional[
         if source == "prev":
             conds.append(resize(x, size))
         elif source == "lq":
-            if lq is None and stage is IRM256:
+            if lq is None and requires_lq(stage, model.loaded):
                 raise DiffBFRError(
                     f"{model.name!r} is conditioned on the low-quality face crops: connect the crops "
                     f"from DiffBFR Face Detect to the 'lq' input of the {stage.title} node."
@@ -182,15 +195,17 @@ def run_stage(
     fidelity: int = 0,
     fidelity_weight: float = 1.0,
     fidelity_stop: float = 0.0,
+    seed_offsets: Optional[Sequence[int]] = None,
     callback: Optional[PreviewCallback] = None,
     first_face: int = 0,
     max_batch: Optional[int] = None,
 ) -> torch.Tensor:
     """Run one stage; ``images`` is the stage input, ``lq`` the low-quality crops (for ``lq``
     conditions), ``reference`` what the low-band lock keeps (default: ``lq``, else ``images``);
-    ``fidelity`` the lock's band in pixels at the working size (0 = off). ``first_face`` is the
-    number of the first row in the whole run (for its seed). The faces go through the network in
-    batches of ``max_batch`` (default: ``batch_size``), smaller ones after an out-of-memory error."""
+    ``fidelity`` the lock's band in pixels at the working size (0 = off); ``seed_offsets`` the
+    per-face offsets of ``seed_mode="per_track"`` (one per row). ``first_face`` is the number of the
+    first row in the whole run (for its seed). The faces go through the network in batches of
+    ``max_batch`` (default: ``batch_size``), smaller ones after an out-of-memory error."""
     model = as_handle(model)
     size = check_model(stage, model)
     x = _to_nchw(images, f"{stage.title} input")
@@ -214,7 +229,8 @@ def run_stage(
             progress.update(chunk * total + step, chunks * total, x0)
             interrupt.check_interrupt()
 
-        return _sample(model, inputs, start, stop, device, dtype, first_face + start, on_step, settings)
+        offsets = None if seed_offsets is None else list(seed_offsets)[start:stop]
+        return _sample(model, inputs, start, stop, device, dtype, first_face + start, offsets, on_step, settings)
 
     try:
         out = _in_batches(x.shape[0], batch, rows, device, f"{stage.title} ({model.name})")
@@ -226,8 +242,8 @@ def run_stage(
     return out.movedim(1, -1).contiguous()
 
 
-def _sample(model: ModelHandle, inputs: _StageInputs, start: int, stop: int, device: torch.device,
-            dtype: torch.dtype, first: int, on_step: Any, settings: dict) -> torch.Tensor:
+def _sample(model: ModelHandle, inputs: _StageInputs, start: int, stop: int, device: torch.device, dtype: torch.dtype,
+            first: int, offsets: Optional[list[int]], on_step: Any, settings: dict) -> torch.Tensor:
     """Faces ``start:stop`` of the stage (float32, [-1, 1], on ``device``); redone in float32 when a
     reduced precision overflows."""
     from .diffusion.lowband import LowBandLock
@@ -246,7 +262,7 @@ def _sample(model: ModelHandle, inputs: _StageInputs, start: int, stop: int, dev
             return truncated_sample(
                 net, x, cond=cond, strength=settings["strength"],
                 steps=settings["steps"], sampler=settings["sampler"], eta=settings["eta"],
-                generators=generators(stop - start, settings["seed"], settings["seed_mode"], device, first),
+                generators=generators(stop - start, settings["seed"], settings["seed_mode"], device, first, offsets),
                 callback=on_step, lock=lock,
             ).float()
 

@@ -11,7 +11,7 @@ from typing import Literal, get_args
 StageName = Literal["irm64", "irm256", "tem"]  # in pipeline order; also the models' roles
 Prediction = Literal["eps", "x0", "v"]  # what a network outputs
 Sampler = Literal["ddim", "ddpm"]
-SeedMode = Literal["per_face", "same"]
+SeedMode = Literal["per_face", "same", "per_track"]  # per_track: seed + the face's track id (the same person in every frame)
 ColorCorrection = Literal["none", "wavelet", "adain"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 

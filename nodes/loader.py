@@ -17,6 +17,7 @@ class DiffBFRModelLoader:
         "Loads a DiffBFR stage model (native, SR3, guided/improved-diffusion, DifFace or diffusers "
         "checkpoints). The same file is loaded once and shared by every node that names it."
     )
+    SEARCH_ALIASES = ["load face restoration model", "diffbfr model", "face restoration", "blind face"]
     CATEGORY = CATEGORY
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)

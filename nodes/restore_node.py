@@ -22,6 +22,7 @@ class DiffBFRRestore:
         "(they run in the order IRM 64, IRM 256, TEM) at the stage nodes' default strength and steps. "
         "'report' lists every face with its identity distance (low-quality vs restored face; needs dlib)."
     )
+    SEARCH_ALIASES = ["face restoration", "restore face", "blind face restoration", "face restore", "identity", "texture"]
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("image", "mask", "report")
@@ -38,7 +39,8 @@ class DiffBFRRestore:
                 "image": ("IMAGE",),
                 "detector": detector_widget(),
                 "color_correction": color_correction_widget(),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Seed of the start noise of every stage (face i uses seed + i)."}),
             },
             "optional": {**{name: (MODEL,) for name in STAGE_NAMES}, **fidelity},
         }

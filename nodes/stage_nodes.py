@@ -8,9 +8,16 @@ import torch
 
 from comfy_diffbfr import stages
 from comfy_diffbfr.defaults import STAGE_DEFAULTS
+from comfy_diffbfr.faces.face_set import FaceSet
+from comfy_diffbfr.faces.tracking import track_offsets
 from comfy_diffbfr.host.model_cache import ModelHandle
 
-from .common import CATEGORY, MODEL, fidelity_widget, sampling_widgets
+from .common import CATEGORY, FACES, MODEL, fidelity_widget, sampling_widgets
+from .preflight import check_stage_nodes
+
+
+def _offsets(faces: FaceSet | None) -> list[int] | None:
+    return None if faces is None else track_offsets(faces)
 
 
 class _StageNode:
@@ -24,22 +31,29 @@ class _StageNode:
         defaults = STAGE_DEFAULTS[cls.STAGE.key]
         return {
             "required": {"model": (MODEL,), "image": ("IMAGE",), **sampling_widgets(defaults)},
-            "optional": fidelity_widget(defaults),
+            "optional": {"faces": (FACES, {"tooltip": "The face set of these crops (from DiffBFR Face Detect); "
+                                                      "seed_mode per_track reads each face's track from it."}),
+                         **fidelity_widget(defaults)},
+            "hidden": {"prompt": "PROMPT"},  # the whole graph, for the check before any stage samples
         }
 
-    def _run(self, model: ModelHandle, image: torch.Tensor, **settings: Any) -> tuple[torch.Tensor]:
+    def _run(self, model: ModelHandle, image: torch.Tensor, faces: FaceSet | None, prompt: dict | None,
+             **settings: Any) -> tuple[torch.Tensor]:
+        check_stage_nodes(prompt or {}, STAGE_OF)
         table = STAGE_DEFAULTS[self.STAGE.key]
         for name in ("fidelity", "fidelity_weight", "fidelity_stop"):  # not widgets, or saved before they were
             settings.setdefault(name, getattr(table, name))
-        return (stages.run_stage(self.STAGE, model, image, **settings),)
+        return (stages.run_stage(self.STAGE, model, image, seed_offsets=_offsets(faces), **settings),)
 
-    def run(self, model: ModelHandle, image: torch.Tensor, **settings: Any) -> tuple[torch.Tensor]:
-        return self._run(model, image, **settings)
+    def run(self, model: ModelHandle, image: torch.Tensor, faces: FaceSet | None = None, prompt: dict | None = None,
+            **settings: Any) -> tuple[torch.Tensor]:
+        return self._run(model, image, faces, prompt, **settings)
 
 
 class DiffBFRIRM64(_StageNode):
     DESCRIPTION = "Identity Restoration, stage 1: restores low-quality face crops at 64x64 with a conditional model."
     RETURN_NAMES = ("faces_64",)
+    SEARCH_ALIASES = ["identity", "identity restoration", "face restoration", "restore face", "blind face", "diffusion"]
     STAGE = stages.IRM64
 
 
@@ -49,6 +63,7 @@ class DiffBFRIRM256(_StageNode):
         "to 'lq' when the model is conditioned on them."
     )
     RETURN_NAMES = ("faces_256",)
+    SEARCH_ALIASES = ["identity", "identity restoration", "face restoration", "restore face", "blind face", "upscale face"]
     STAGE = stages.IRM256
 
     @classmethod
@@ -58,9 +73,9 @@ class DiffBFRIRM256(_StageNode):
                               **schema["optional"]}
         return schema
 
-    def run(self, model: ModelHandle, image: torch.Tensor, lq: torch.Tensor | None = None,
-            **settings: Any) -> tuple[torch.Tensor]:
-        return self._run(model, image, lq=lq, **settings)
+    def run(self, model: ModelHandle, image: torch.Tensor, lq: torch.Tensor | None = None, faces: FaceSet | None = None,
+            prompt: dict | None = None, **settings: Any) -> tuple[torch.Tensor]:
+        return self._run(model, image, faces, prompt, lq=lq, **settings)
 
 
 class DiffBFRTEM(_StageNode):
@@ -70,6 +85,7 @@ class DiffBFRTEM(_StageNode):
         "low-quality crops, it restores blind faces on its own."
     )
     RETURN_NAMES = ("image",)
+    SEARCH_ALIASES = ["texture", "texture enhancement", "face detail", "face restoration", "restore face", "blind face"]
     STAGE = stages.TEM
 
     @classmethod
@@ -81,5 +97,8 @@ class DiffBFRTEM(_StageNode):
         return schema
 
     def run(self, model: ModelHandle, image: torch.Tensor, reference: torch.Tensor | None = None,
-            **settings: Any) -> tuple[torch.Tensor]:
-        return self._run(model, image, reference=reference, **settings)
+            faces: FaceSet | None = None, prompt: dict | None = None, **settings: Any) -> tuple[torch.Tensor]:
+        return self._run(model, image, faces, prompt, reference=reference, **settings)
+
+
+STAGE_OF = {node.__name__: node.STAGE for node in (DiffBFRIRM64, DiffBFRIRM256, DiffBFRTEM)}  # node id -> stage

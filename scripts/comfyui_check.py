@@ -10,13 +10,20 @@ Procedure (what the acceptance note quotes):
    its LoadImage nodes pointed at each photo, and queued with ``POST /prompt``; the script waits for
    ``/history`` and collects the written images;
 4. the headless runner (``python -m comfy_diffbfr run``) runs the same workflow on the same photo,
-   and the saved pixels are compared exactly.
+   and the saved pixels are compared exactly;
+5. the template browser's routes: ``GET /workflow_templates`` lists every workflow under the pack's
+   folder name, and ``GET /api/workflow_templates/<pack>/<name>.json`` (the workflow, equal to the
+   file) and ``.../<name>.jpg`` (its thumbnail, the name the 1.27 frontend asks for) answer 200;
+6. with ``--screenshots DIR``: ``scripts/comfyui_screenshots.py`` (run by ComfyUI's Python) opens
+   every workflow in the real frontend in headless Chromium, saves a screenshot and lists nodes
+   whose drawn boxes overlap; shoots the template browser, opens the first workflow from its card, and
+   types each search term into the node search box (a DiffBFR node must be listed).
 
 Both processes run single-threaded with ``COMFY_DIFFBFR_OFFLINE=1`` (no detector download) so the
 CPU arithmetic is the same. Example:
 
     .venv/bin/python scripts/comfyui_check.py --comfyui /work/comfyui \
-        --python /work/comfyui-venv/bin/python --tiny-models --photos examples/diffbfr_example.png
+        --python /work/comfyui-venv/bin/python --tiny-models --photos assets/diffbfr_example.png
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-NODE_IDS = ("DiffBFRModelLoader", "DiffBFRFaceDetect", "DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM", "DiffBFRPasteBack")
+SEARCH_TERMS = ("face restoration", "restore face", "blind face", "identity", "texture")  # typed into node search
+PACK = "comfy-diffbfr"  # the folder name under custom_nodes: ComfyUI's name of the pack in template routes
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COMFY_DIFFBFR_OFFLINE": "1", "COMFY_DIFFBFR_PROGRESS": "0"}
 
 
@@ -50,6 +58,29 @@ def http(url: str, body: dict | None = None) -> dict:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return {"http_error": exc.code, "body": json.loads(exc.read() or b"{}")}
+
+
+def fetch(url: str) -> tuple[int, str, bytes]:
+    """Status, content type and body of a GET (errors as their status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, "", b""
+
+
+def template_check(base: str, workflows: list[Path]) -> dict:
+    """What the template browser gets: the list, every workflow and every thumbnail."""
+    listed = http(f"{base}/workflow_templates").get(PACK, [])
+    report = {"listed": sorted(listed), "workflows": {}, "thumbnails": {}}
+    for path in workflows:
+        status, _, body = fetch(f"{base}/api/workflow_templates/{PACK}/{path.stem}.json")
+        report["workflows"][path.stem] = status if status != 200 or json.loads(body) == json.loads(path.read_text()) else "differs"
+        status, kind, _ = fetch(f"{base}/api/workflow_templates/{PACK}/{path.stem}.jpg")
+        report["thumbnails"][path.stem] = status if kind.startswith("image/") or status != 200 else kind
+    report["ok"] = (report["listed"] == sorted(p.stem for p in workflows)
+                    and all(v == 200 for part in ("workflows", "thumbnails") for v in report[part].values()))
+    return report
 
 
 def write_tiny_models(folder: Path) -> None:
@@ -133,7 +164,9 @@ def main() -> int:
     ap.add_argument("--python", default="/work/comfyui-venv/bin/python", help="the Python of ComfyUI's venv")
     ap.add_argument("--port", type=int, default=8188)
     ap.add_argument("--tiny-models", action="store_true", help="write small random models under the starter names")
-    ap.add_argument("--photos", type=Path, nargs="+", default=[REPO / "examples" / "diffbfr_example.png"])
+    ap.add_argument("--photos", type=Path, nargs="+", default=[REPO / "assets" / "diffbfr_example.png"])
+    ap.add_argument("--screenshots", type=Path, default=None, help="folder for screenshots of the workflows in the real frontend")
+    ap.add_argument("--no-runs", action="store_true", help="skip queueing the workflows (templates and screenshots only)")
     ap.add_argument("--workflows", type=Path, nargs="*", default=sorted((REPO / "workflows").glob("*.json")))
     ap.add_argument("--set", action="append", default=[], help="NODE.INPUT=VALUE for every workflow (both sides)")
     ap.add_argument("--steps", type=int, default=None, help="steps of every stage node (both sides), to keep CPU runs short")
@@ -145,8 +178,11 @@ def main() -> int:
     from comfy_diffbfr.workflow.runner import set_input
     from comfy_diffbfr.workflow.ui_format import to_api
 
+    from comfy_diffbfr.workflow.runner import pack_nodes
+
+    node_ids = sorted(pack_nodes())
     comfyui = args.comfyui.resolve()
-    link = comfyui / "custom_nodes" / "comfy-diffbfr"
+    link = comfyui / "custom_nodes" / PACK
     if not link.exists():
         link.symlink_to(REPO)
     models = comfyui / "models"
@@ -163,9 +199,21 @@ def main() -> int:
         report["import_failed"] = "IMPORT FAILED" in text
         report["pack_import_line"] = [ln.strip() for ln in text.splitlines() if "comfy-diffbfr" in ln]
         info = http(f"{base}/object_info")
-        report["node_ids_present"] = {n: n in info for n in NODE_IDS}
+        report["node_ids_present"] = {n: n in info for n in node_ids}
         schemas = {k: v["input"] for k, v in info.items()}
-        for wf_path in args.workflows:
+        report["templates"] = template_check(base, args.workflows)
+        print(json.dumps({"templates": report["templates"]}))
+        if args.screenshots:
+            shots = subprocess.run([args.python, str(REPO / "scripts" / "comfyui_screenshots.py"), "--url", base + "/",
+                                    "--out", str(args.screenshots), "--templates", "--search", *SEARCH_TERMS, "--",
+                                    *map(str, args.workflows)],
+                                   capture_output=True, text=True)
+            report["screenshots"] = [json.loads(line) for line in shots.stdout.splitlines() if line.startswith("{")]
+            for shot in report["screenshots"]:
+                print(json.dumps({k: v for k, v in shot.items() if k != "boxes"}))
+            if shots.returncode != 0:
+                report["screenshots_error"] = shots.stderr[-2000:]
+        for wf_path in [] if args.no_runs else args.workflows:
             workflow = json.loads(wf_path.read_text())
             for photo in args.photos:
                 run = {"workflow": wf_path.name, "photo": photo.name}
@@ -216,8 +264,11 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=60)
         args.report.write_text(json.dumps(report, indent=1))
-    ok = (not report["import_failed"] and all(report["node_ids_present"].values())
-          and all(r.get("bit_identical") for r in report["runs"]))
+    ok = (not report["import_failed"] and all(report["node_ids_present"].values()) and report["templates"]["ok"]
+          and all(r.get("bit_identical") for r in report["runs"])
+          and not report.get("screenshots_error") and not any(s.get("overlaps") for s in report.get("screenshots", []))
+          and all(s["nodes_loaded"] == s["nodes_expected"] for s in report.get("screenshots", []) if "opened" in s)
+          and all(any("DiffBFR" in r for r in s["results"]) for s in report.get("screenshots", []) if "search" in s))
     print(json.dumps({k: report[k] for k in ("import_failed", "node_ids_present", "pack_import_line")}, indent=1))
     print("ALL OK" if ok else "PROBLEMS: see", args.report)
     return 0 if ok else 1

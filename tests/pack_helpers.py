@@ -14,6 +14,7 @@ from comfy_diffbfr.networks.adm_unet import ADMUNet, adm_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+EXAMPLE_PHOTO = REPO / "assets" / "diffbfr_example.png"  # the photo every workflow loads
 STAGE_FILES = {"irm64": "irm64.safetensors", "irm256": "irm256.safetensors", "tem": "tem.safetensors"}  # the trainer's export names
 _CONDITIONS = {"irm64": ["lq"], "irm256": ["prev", "lq"], "tem": []}
 _SIZES = {"irm64": 64, "irm256": 256, "tem": None}  # a TEM without a native size runs at its input's size

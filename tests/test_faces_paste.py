@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from comfy_diffbfr.errors import InvalidParameterError
 from comfy_diffbfr.faces import Face, FaceSet, paste_back
 from comfy_diffbfr.faces import paste as paste_module
 from comfy_diffbfr.faces.alignment import crop_face, similarity_to_template, template_points
@@ -54,6 +55,38 @@ def test_restored_crops_may_have_another_size():
     assert out.shape == photo.shape and mask.shape == (1, 400, 500)
     assert _psnr(out, photo) > 35
     assert torch.equal(out[mask[0] == 0], photo[mask[0] == 0])
+
+
+@pytest.mark.parametrize("size", [(200, 250), (800, 1000), (301, 376)])  # x0.5, x2, x0.752 (rounded sides)
+def test_paste_into_a_resized_copy_of_the_photo_lands_on_the_same_face(size):
+    photo = _photo(seed=8)
+    fs = _face_set([photo], [(0, 180, 160, 0.35), (0, 360, 260, 0.3)])
+    # a marked face crop (a colour no photo pixel has) shows where each face lands
+    marked = torch.zeros_like(fs.crops)
+    marked[..., 1] = 1
+    full, full_mask = paste_back(photo, fs, marked)
+    resized = F.interpolate(photo.permute(2, 0, 1)[None], size=size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+    out, mask = paste_back(resized, fs, marked)
+    assert out.shape == resized.shape and mask.shape == (1, *size)
+    expected = F.interpolate(full_mask[None], size=size, mode="bilinear", align_corners=False)[0]
+    assert (mask - expected).abs().mean() < 0.01 and (mask - expected).abs().max() < 0.35  # same place, same shape
+    ys, xs = torch.nonzero(mask[0] == 1, as_tuple=True)
+    scale = size[1] / 500
+    assert abs(xs.float().mean().item() - scale * full_mask[0].nonzero()[:, 1].float().mean().item()) < 2
+    assert torch.equal(out[mask[0] == 0], resized[mask[0] == 0])  # nothing else touched
+    # the moved faces still map their landmarks onto the template
+    moved = fs.scaled_to([size])
+    for face in moved.faces:
+        mapped = face.landmarks @ face.affine[:, :2].T + face.affine[:, 2]
+        np.testing.assert_allclose(mapped, template_points(256), atol=1e-6)
+
+
+def test_paste_into_a_cropped_or_stretched_photo_is_refused():
+    photo = _photo(seed=9)
+    fs = _face_set([photo], [(0, 250, 200, 0.4)])
+    for size in ((400, 400), (200, 500), (310, 376)):  # centre crop, stretch, 3 px off a uniform resize
+        with pytest.raises(InvalidParameterError, match="aspect ratios differ"):
+            paste_back(torch.zeros(*size, 3), fs, fs.crops)
 
 
 def test_overlapping_faces_are_averaged_without_seams():

@@ -8,7 +8,7 @@ import torch
 import comfy_diffbfr.models as models_pkg
 from comfy_diffbfr.errors import CheckpointError, DiffBFRError, NoFaceError, WrongModelKindError
 from comfy_diffbfr.workflow import run_workflow
-from pack_helpers import load_pack, tiny_model
+from pack_helpers import EXAMPLE_PHOTO, load_pack, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +95,47 @@ def test_degrade_node_is_seeded_and_keeps_the_size(nodes):
     assert torch.allclose(same, image, atol=1e-5)  # every step off: unchanged
 
 
+def test_degrade_node_defaults_keep_the_example_face_detectable(nodes, one_thread):
+    pytest.importorskip("dlib")
+    from comfy_diffbfr.faces import detect_faces
+    from comfy_diffbfr.workflow.core_nodes import load_image_file
+
+    photo, _ = load_image_file(EXAMPLE_PHOTO)
+    required = nodes["DiffBFRDegrade"].INPUT_TYPES()["required"]
+    defaults = {name: spec[1]["default"] for name, spec in required.items() if name != "image"}
+    assert defaults["preset"] == "custom"
+    for seed in range(3):
+        (lq,) = nodes["DiffBFRDegrade"]().degrade(photo, **{**defaults, "seed": seed})
+        assert (lq - photo).abs().mean() > 0.01  # visibly degraded
+        assert len(detect_faces(lq, detector="dlib", crop_size=64)) == 1, f"seed {seed}"
+
+
+@pytest.mark.parametrize("preset", ["moderate", "severe"])
+def test_degrade_node_presets_equal_the_command_line(nodes, preset, tmp_path):
+    from comfy_diffbfr.cli import main
+    from comfy_diffbfr.workflow.core_nodes import load_image_file
+
+    assert main(["degrade", str(EXAMPLE_PHOTO), "-o", str(tmp_path), "--preset", preset, "--seed", "5"]) == 0
+    photo, _ = load_image_file(EXAMPLE_PHOTO)
+    (lq,) = nodes["DiffBFRDegrade"]().degrade(photo, 0.0, 1.0, 0.0, 100, 5, preset)  # sliders at "off": ignored
+    (cli,), _ = load_image_file(tmp_path / EXAMPLE_PHOTO.name)
+    assert (lq[0] - cli).abs().max() <= 1 / 255 + 1e-6  # the command line writes 8-bit PNG
+    assert (lq - photo).abs().mean() > 0.02
+
+
 def test_all_in_one_restore_equals_the_chain_of_nodes(nodes, model_dir, monkeypatch):
     from comfy_diffbfr import pipeline
     from comfy_diffbfr.defaults import STAGE_DEFAULTS
     from comfy_diffbfr.workflow.core_nodes import load_image_file
-    from pack_helpers import REPO
 
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     tiny_model(model_dir / "i64.safetensors", "irm64", ["lq"], resolution=64)
     tiny_model(model_dir / "tem.safetensors", "tem", [], resolution=64)
     load = nodes["DiffBFRModelLoader"]().load
     (m64,), (mtem,) = load("i64.safetensors", "auto"), load("tem.safetensors", "auto")
-    photo, _ = load_image_file(REPO / "examples" / "diffbfr_example.png")
+    photo, _ = load_image_file(EXAMPLE_PHOTO)
+    from comfy_diffbfr.defaults import STAGE_DEFAULTS
+
     # the stage nodes' defaults, shortened
     monkeypatch.setitem(STAGE_DEFAULTS, "irm64", STAGE_DEFAULTS["irm64"].updated(steps=3))
     monkeypatch.setitem(STAGE_DEFAULTS, "tem", STAGE_DEFAULTS["tem"].updated(steps=2))

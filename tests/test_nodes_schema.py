@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from comfy_diffbfr.workflow.ui_format import widget_inputs
+
 from pack_helpers import load_pack
 
 NODE_IDS = {"DiffBFRModelLoader", "DiffBFRFaceDetect", "DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM", "DiffBFRPasteBack"}
-SOCKET_TYPES = {"IMAGE", "MASK", "DIFFBFR_MODEL", "DIFFBFR_FACES"}
+SOCKET_TYPES = {"IMAGE", "MASK", "DIFFBFR_MODEL", "DIFFBFR_FACES", "SEGS"}  # SEGS: Impact Pack's
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
@@ -25,7 +27,7 @@ def test_the_six_stable_ids_are_exported_with_display_names(mappings):
     assert all(names[k].startswith("DiffBFR") for k in classes)
 
 
-@pytest.mark.parametrize("node_id", sorted(NODE_IDS | {"DiffBFRDegrade", "DiffBFRRestore"}))
+@pytest.mark.parametrize("node_id", sorted(NODE_IDS | {"DiffBFRDegrade", "DiffBFRRestore", "DiffBFRFacesFromSEGS", "DiffBFRFacesToSEGS"}))
 def test_schema_is_valid(mappings, node_id):
     cls = mappings[0][node_id]
     schema = cls.INPUT_TYPES()
@@ -59,7 +61,7 @@ def test_stage_widgets_keep_their_saved_order(mappings):
     for node_id in ("DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM"):
         schema = mappings[0][node_id].INPUT_TYPES()
         assert list(schema["required"]) == ["model", "image", "strength", "steps", "sampler", "eta", "seed", "seed_mode"]
-        widgets = [k for k, v in schema["optional"].items() if v[0] != "IMAGE"]
+        widgets = [name for name, _, _ in widget_inputs({"optional": schema["optional"]})]
         assert widgets == ["fidelity"]  # appended after the required widgets
 
 

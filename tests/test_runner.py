@@ -153,3 +153,36 @@ def test_bad_links_and_an_unmakeable_output_folder_raise_workflow_errors(tmp_pat
     (tmp_path / "taken").write_bytes(b"")
     with pytest.raises(WorkflowError, match="cannot create the output folder"):
         run_workflow(prompt, tmp_path / "taken", input_dirs=[tmp_path])
+
+
+def test_validate_inputs_is_called_like_comfyui_does():
+    from comfy_diffbfr.workflow.runner import validate
+
+    seen = []
+
+    class Checked:
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "run"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"image": ("IMAGE",), "x": ("INT", {"default": 0, "max": 5}), "y": ("INT", {"max": 5})},
+                    "hidden": {"graph": "PROMPT"}}
+
+        @classmethod
+        def VALIDATE_INPUTS(cls, image, x, graph):
+            seen.append((image, x, graph))
+            return True if x < 10 else f"x must stay below 10, got {x}"
+
+    classes = {**core_nodes.CORE_NODES, "Checked": Checked}
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+              "2": {"class_type": "Checked", "inputs": {"image": ["1", 0], "x": "7", "y": 1}}}
+    checked = validate(prompt, classes)
+    assert checked["2"]["x"] == 7  # converted to INT; above its max 5, which is left to VALIDATE_INPUTS
+    assert seen == [(None, 7, {})]  # a linked input arrives as None, the prompt is not known yet
+    prompt["2"]["inputs"]["x"] = 12
+    with pytest.raises(WorkflowError, match="node 2 \\(Checked\\): x must stay below 10, got 12"):
+        validate(prompt, classes)
+    prompt["2"]["inputs"].update(x=1, y=6)  # y is not named by VALIDATE_INPUTS: the built-in max applies
+    with pytest.raises(WorkflowError, match="above the maximum 5"):
+        validate(prompt, classes)

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import torch
+
+from comfy_diffbfr.networks.adm_unet import ADMUNet, adm_config
 from comfy_diffbfr.workflow.runner import node_classes, run_workflow, to_prompt
-from pack_helpers import REPO, WORKFLOWS, stage_models
+from pack_helpers import EXAMPLE_PHOTO, REPO, WORKFLOWS, stage_models
 
 STAGE_NODES = {"DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM"}
 
@@ -17,7 +20,13 @@ STAGE_NODES = {"DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM"}
 @pytest.fixture(scope="module")
 def starter_models(tmp_path_factory):
     # the folder conftest points COMFY_DIFFBFR_MODELS at; it comes before the pack's weights/
-    return stage_models(tmp_path_factory.getbasetemp() / "models" / "diffbfr")
+    folder = tmp_path_factory.getbasetemp() / "models" / "diffbfr"
+    models = stage_models(folder)
+    # diffbfr_public_prior.json names DifFace's FFHQ-512 prior: a tiny random guided-diffusion
+    # state dict under that name (32 channels: the loader assumes the public priors' 32 groups)
+    config = adm_config(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, out_channels=6, learn_sigma=True)
+    torch.save(ADMUNet.from_config(config).state_dict(), folder / "iddpm_ffhq512_ema500000.pth")
+    return models
 
 
 def quick_prompt(path):
@@ -47,7 +56,7 @@ def test_workflow_runs_headless(path, starter_models, tmp_path, monkeypatch):
     saved = ctx.saved
     assert saved, "the workflow wrote no image"
     assert all(p.parent.name == "temp" for p in ctx.previews)
-    photo = np.array(Image.open(REPO / "examples" / "diffbfr_example.png"))
+    photo = np.array(Image.open(EXAMPLE_PHOTO))
     for file in saved:
         out = np.array(Image.open(file))
         assert out.ndim == 3 and out.shape[2] == 3
@@ -96,7 +105,7 @@ def test_restore_with_stages(starter_models, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(blank)
-    photo = REPO / "examples" / "diffbfr_example.png"
+    photo = EXAMPLE_PHOTO
     rgba = tmp_path / "rgba.png"
     pixels = np.array(Image.open(photo).convert("RGB"))
     alpha = np.tile(np.linspace(0, 255, pixels.shape[1]).astype(np.uint8), (pixels.shape[0], 1))
@@ -125,7 +134,7 @@ def test_restore_json_reports_every_face_and_the_settings(starter_models, tmp_pa
     from comfy_diffbfr.defaults import STAGE_DEFAULTS
 
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
-    photo = REPO / "examples" / "diffbfr_example.png"
+    photo = EXAMPLE_PHOTO
     assert main(["restore", str(photo), "-o", str(tmp_path), "--stages", "irm64", "--json", "--precision", "fp32"]) == 0
     report = json.loads(capsys.readouterr().out)
     (stage,) = report["stages"]
@@ -150,11 +159,11 @@ def test_restore_without_the_starter_weights_says_what_to_do(tmp_path, capsys, m
 
     monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path / "empty"))
     monkeypatch.setattr(folders, "PACK_WEIGHTS", tmp_path / "no_weights")
-    code = main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm64,irm256,tem"])
+    code = main(["restore", str(EXAMPLE_PHOTO), "-o", str(tmp_path / "o"), "--stages", "irm64,irm256,tem"])
     assert code == 2
     err = capsys.readouterr().err
     assert "starter weights 'irm64.safetensors' are not installed" in err and "'--stages none'" in err
-    assert main(["restore", str(REPO / "examples" / "diffbfr_example.png"), "-o", str(tmp_path / "o"), "--stages", "irm65"]) == 2
+    assert main(["restore", str(EXAMPLE_PHOTO), "-o", str(tmp_path / "o"), "--stages", "irm65"]) == 2
     assert "unknown stage(s) ['irm65']" in capsys.readouterr().err
 
 
@@ -168,7 +177,7 @@ def test_restore_keeps_the_workflows_colour_correction_unless_asked(starter_mode
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     workflow = to_prompt(json.loads((REPO / "workflows" / "diffbfr_full.json").read_text()), node_classes())
     (own,) = [n["inputs"]["color_correction"] for n in workflow.values() if n["class_type"] == "DiffBFRPasteBack"]
-    photo = str(REPO / "examples" / "diffbfr_example.png")
+    photo = str(EXAMPLE_PHOTO)
     fast = ["--stages", "irm64", "--steps", "1", "--no-identity"]
     assert main(["restore", photo, "-o", str(tmp_path), *fast]) == 0
     assert main(["restore", photo, "-o", str(tmp_path), *fast, "--color-correction", "adain", "--color-strength", "0.5"]) == 0
@@ -189,7 +198,7 @@ def test_cli_restore_equals_the_node_chain(starter_models, tmp_path, monkeypatch
     from comfy_diffbfr.workflow.runner import Runner
 
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
-    photo = REPO / "examples" / "diffbfr_example.png"
+    photo = EXAMPLE_PHOTO
     first, second = tmp_path / "a.png", tmp_path / "b.png"
     pixels = np.array(Image.open(photo).convert("RGB"))
     Image.fromarray(pixels).save(first)

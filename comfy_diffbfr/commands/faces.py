@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DiffBFRError, ImageReadError
+from ..errors import ImageReadError
 from ..faces import DETECTORS, Selection, detect_faces, list_images, load_image, save_image
-from ..faces.selection import MODES
+from ..faces.selection import MODES, parse_indices
 
 HELP = "detect faces in photos or folders; --json prints them, --out writes aligned crops"
 
@@ -34,10 +34,7 @@ def add_face_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def selection_from_args(args: argparse.Namespace) -> Selection:
-    try:
-        indices = tuple(int(v) for v in args.index.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise DiffBFRError(f"--index takes comma-separated face numbers such as 0,2; got {args.index!r}") from None
+    indices = parse_indices(args.index, "--index")
     mode = args.select or ("index" if indices else "all")
     return Selection(mode=mode, indices=indices, min_size=args.min_size,
                      score_threshold=args.score_threshold, max_count=args.max_faces)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                         help="override an input, e.g. --set 5.seed=7 (VALUE is JSON or a string)")
     parser.add_argument("--input-dir", type=Path, action="append", default=[], metavar="DIR",
-                        help="folder where LoadImage looks for its image names (the pack's examples/ always)")
+                        help="folder where LoadImage looks for its image names (the pack's assets/ always)")
 
 
 def run(args: argparse.Namespace) -> int:

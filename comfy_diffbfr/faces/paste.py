@@ -96,6 +96,44 @@ def _is_grey(x: torch.Tensor, dim: int = -1) -> bool:
     return bool(torch.equal(r, g) and torch.equal(g, b))
 
 
+@dataclass
+class _Placement:
+    """Where each restored crop goes: per face row, its image -> restored-crop matrix and its box in
+    the photo (None when the face lies outside the photo)."""
+
+    face_set: FaceSet
+    prepare: _CropPreparer
+    affines: list[np.ndarray]
+    boxes: list[tuple[int, int, int, int] | None]
+
+
+def _place(batch: list[torch.Tensor], face_set: FaceSet, restored: torch.Tensor, color_correction: str,
+           color_strength: float, use_parsing: bool | None, device: torch.device | str | None) -> tuple[_Placement, torch.device]:
+    if len(batch) != len(face_set.image_sizes):
+        raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
+    sizes = [tuple(image.shape[:2]) for image in batch]
+    if sizes != [tuple(s) for s in face_set.image_sizes]:
+        face_set = face_set.scaled_to(sizes)  # a resized copy of the photos: move the faces with it
+    if restored.ndim != 4 or restored.shape[0] != len(face_set) or restored.shape[-1] != 3:
+        raise InvalidParameterError(f"restored crops must be [{len(face_set)}, h, w, 3], got {tuple(restored.shape)}")
+    device = compute_device() if device is None else torch.device(device)
+    if use_parsing is None:
+        use_parsing = parsing_available()
+    rh, rw = restored.shape[1:3]
+    to_restored = np.diag([rw / face_set.crop_size, rh / face_set.crop_size])
+    affines, boxes = [], []
+    for face in face_set.faces:
+        # image -> restored-crop pixel centres: scale the crop_size matrix about the pixel centres
+        a = to_restored @ face.affine
+        a[:, 2] += 0.5 * (np.diag(to_restored) - 1)
+        affines.append(a)
+        h, w = sizes[face.image_index]
+        boxes.append(footprint(invert_affine(a), rw, rh, (w, h)))
+    grey = {i for i, image in enumerate(batch) if face_set.indices_of(i) and _is_grey(image[..., :3])}
+    prepare = _CropPreparer(face_set, restored, color_correction, color_strength, use_parsing, device, grey)
+    return _Placement(face_set, prepare, affines, boxes), device
+
+
 def paste_back(
     images: ImageBatch,
     face_set: FaceSet,
@@ -106,27 +144,19 @@ def paste_back(
     use_parsing: bool | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[ImageBatch, torch.Tensor | list[torch.Tensor]]:
-    """Paste ``restored [N, h, w, 3]`` (one per face of ``face_set``, any size) into ``images``.
+    """Paste ``restored [N, h, w, 3]`` (one per face of ``face_set``, any size) into ``images``: the
+    photos the faces were found on, or copies resized by any factor (``FaceSet.scaled_to``).
 
     ``color_correction`` ("none", "wavelet", "adain") pulls each restored crop towards the colours of
     its original crop by ``color_strength`` (0 = not at all, 1 = fully). ``use_parsing`` None = use the
-    parsing mask when its weights are present; ``device`` None = the host's compute device. Returns the images (same form as given: one tensor, or a list of ``[1, H, W, C]``) and
-    the paste weight: ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output
-    equals the input bit for bit. Alpha channels are kept unchanged; a greyscale photo (R = G = B)
-    gets its faces in grey (BT.601 luma), whatever colours a model gave them.
+    parsing mask when its weights are present; ``device`` None = the host's compute device. Returns
+    the images (same form as given: one tensor, or a list of ``[1, H, W, C]``) and the paste weight:
+    ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output equals the input
+    bit for bit. Alpha channels are kept unchanged; a greyscale photo (R = G = B) gets its faces in
+    grey (BT.601 luma), whatever colours a model gave them.
     """
     batch = as_image_list(images)
-    if len(batch) != len(face_set.image_sizes):
-        raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
-    if restored.ndim != 4 or restored.shape[0] != len(face_set) or restored.shape[-1] != 3:
-        raise InvalidParameterError(f"restored crops must be [{len(face_set)}, h, w, 3], got {tuple(restored.shape)}")
-    device = compute_device() if device is None else torch.device(device)
-    if use_parsing is None:
-        use_parsing = parsing_available()
-    rh, rw = restored.shape[1:3]
-    grey = {i for i, image in enumerate(batch) if face_set.indices_of(i) and _is_grey(image[..., :3])}
-    prepare = _CropPreparer(face_set, restored, color_correction, color_strength, use_parsing, device, grey)
-    to_restored = np.diag([rw / face_set.crop_size, rh / face_set.crop_size])
+    placed, device = _place(batch, face_set, restored, color_correction, color_strength, use_parsing, device)
 
     # One copy of the input to write into; a batch tensor is copied whole, so no second copy is stacked.
     if isinstance(images, torch.Tensor):
@@ -137,23 +167,55 @@ def paste_back(
     else:
         outputs = [image.clone() for image in batch]
         masks = [torch.zeros(image.shape[:2]) for image in batch]
-    for index, (image, out, mask) in enumerate(zip(batch, outputs, masks)):
-        rows = face_set.indices_of(index)
-        if rows:
-            # image -> restored-crop pixel centres: scale the crop_size matrix about the pixel centres
-            affines = []
-            for r in rows:
-                a = to_restored @ face_set.faces[r].affine
-                a[:, 2] += 0.5 * (np.diag(to_restored) - 1)
-                affines.append(a)
-            boxes = [footprint(invert_affine(a), rw, rh, (image.shape[1], image.shape[0])) for a in affines]
-            present = [k for k, b in enumerate(boxes) if b is not None]
-            for group in _clusters([boxes[k] for k in present]):
-                members = [present[g] for g in group]
-                _blend_group(out, mask, [(prepare(rows[k]), affines[k], boxes[k]) for k in members], device)
+    for index, (out, mask) in enumerate(zip(outputs, masks)):
+        present = [r for r in placed.face_set.indices_of(index) if placed.boxes[r] is not None]
+        for group in _clusters([placed.boxes[r] for r in present]):
+            members = [present[g] for g in group]
+            _blend_group(out, mask, [(placed.prepare(r), placed.affines[r], placed.boxes[r]) for r in members], device)
     if isinstance(images, torch.Tensor):
         return whole, whole_masks
     return [o[None] for o in outputs], [m[None] for m in masks]
+
+
+@dataclass
+class FaceLayer:
+    """One restored face warped into its photo, for compositing elsewhere (e.g. Impact Pack's SEGS):
+    ``rgb [3, h, w]`` and ``weight [h, w]`` (paste_back's weight) over ``box`` = (x0, y0, x1, y1) of
+    photo ``image_index``."""
+
+    image_index: int
+    box: tuple[int, int, int, int]
+    rgb: torch.Tensor
+    weight: torch.Tensor
+
+
+def face_layers(
+    images: ImageBatch,
+    face_set: FaceSet,
+    restored: torch.Tensor,
+    *,
+    color_correction: str = "none",
+    color_strength: float = 1.0,
+    use_parsing: bool | None = None,
+    device: torch.device | str | None = None,
+) -> list[FaceLayer | None]:
+    """Each face of ``face_set`` as ``paste_back`` would paste it, one layer per face row (None for a
+    face outside its photo), before faces are blended with each other or with the photo."""
+    placed, _ = _place(as_image_list(images), face_set, restored, color_correction, color_strength, use_parsing, device)
+    layers: list[FaceLayer | None] = []
+    for row, (face, affine, box) in enumerate(zip(placed.face_set.faces, placed.affines, placed.boxes)):
+        if box is None:
+            layers.append(None)
+            continue
+        warped = _warp(placed.prepare(row), affine, box)
+        layers.append(FaceLayer(face.image_index, box, warped[:3].cpu(), warped[3].clamp(0, 1).cpu()))
+    return layers
+
+
+def _warp(crop: torch.Tensor, affine: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """A prepared ``[4, h, w]`` crop resampled over ``box`` of its photo."""
+    x0, y0, x1, y1 = box
+    return resample(crop, shifted(affine, x0, y0), (y1 - y0, x1 - x0))
 
 
 def _blend_group(out: torch.Tensor, mask: torch.Tensor, faces: list[tuple[torch.Tensor, np.ndarray, tuple]],
@@ -168,7 +230,7 @@ def _blend_group(out: torch.Tensor, mask: torch.Tensor, faces: list[tuple[torch.
     weight_sum = torch.zeros(1, y1 - y0, x1 - x0, device=device)
     untouched = torch.ones(1, y1 - y0, x1 - x0, device=device)  # product of (1 - w): how much photo remains
     for crop, affine, (bx0, by0, bx1, by1) in faces:
-        warped = resample(crop, shifted(affine, bx0, by0), (by1 - by0, bx1 - bx0))
+        warped = _warp(crop, affine, (bx0, by0, bx1, by1))
         w = warped[3:].clamp_(0, 1)
         sl = (slice(None), slice(by0 - y0, by1 - y0), slice(bx0 - x0, bx1 - x0))
         colour_sum[sl] += warped[:3] * w

@@ -33,13 +33,21 @@ class Selection:
         if self.max_count is not None and self.max_count < 1:
             raise DiffBFRError(f"max_count must be at least 1, got {self.max_count}")
 
-    def apply(self, boxes: np.ndarray, scores: np.ndarray, image_size: tuple[int, int]) -> list[int]:
-        """Indices (into ``boxes [N, 4]``) of the kept faces, in left-to-right order."""
+    def numbered(self, boxes: np.ndarray, scores: np.ndarray) -> list[int]:
+        """Indices (into ``boxes [N, 4]``) of the faces that pass the score and size filters, in
+        left-to-right order: position k in this list is face number k."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        sizes = _sizes(boxes)
         keep = [i for i in range(len(boxes)) if sizes[i] >= self.min_size
                 and (self.score_threshold is None or scores[i] >= self.score_threshold)]
         keep.sort(key=lambda i: (boxes[i, 0] + boxes[i, 2], boxes[i, 1] + boxes[i, 3]))
+        return keep
+
+    def apply(self, boxes: np.ndarray, scores: np.ndarray, image_size: tuple[int, int]) -> list[int]:
+        """Indices (into ``boxes [N, 4]``) of the kept faces, in left-to-right order."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        sizes = _sizes(boxes)
+        keep = self.numbered(boxes, scores)
         if not keep:
             return []
         if self.mode == "largest":
@@ -54,3 +62,17 @@ class Selection:
             largest = set(sorted(keep, key=lambda i: -sizes[i])[: self.max_count])
             keep = [i for i in keep if i in largest]
         return keep
+
+
+def _sizes(boxes: np.ndarray) -> np.ndarray:
+    """Shorter box side of each ``[N, 4]`` box."""
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def parse_indices(text: str, what: str = "indices") -> tuple[int, ...]:
+    """Face numbers from text such as ``"0, 2"`` (0 = leftmost); raises ``DiffBFRError`` naming ``what``
+    (the node input or the flag it came from) on anything else."""
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise DiffBFRError(f"{what} takes comma-separated face numbers such as 0,2; got {text!r}") from None

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, WeightsMissingError
-from ..host.folders import model_dirs
+from ..host.folders import inside_comfyui, model_dirs
+from ..host.progress import ByteProgress
 
 KIND = "facedetection"
 OFFLINE_ENV = "COMFY_DIFFBFR_OFFLINE"  # set to 1 to never try a download
@@ -63,11 +64,17 @@ def find_weights(key: str) -> Path | None:
 def missing_message(key: str, reason: str) -> str:
     spec = WEIGHTS[key]
     folders = " or ".join(str(d) for d in model_dirs(KIND))
-    return (
-        f"the {key} weights are missing ({reason}). Download {spec.name} ({spec.size / 1e6:.1f} MB) from "
-        f"{spec.url} and put it into {folders}; or use the offline detector (--detector dlib, "
-        f"pip install 'comfy-diffbfr[dlib]')"
-    )
+    fetch = f"Download {spec.name} ({spec.size / 1e6:.1f} MB) from {spec.url} and put it into {folders}"
+    if inside_comfyui():
+        return (
+            f"the {key} weights are missing ({reason}). {fetch} (ComfyUI/models/facedetection), then run the "
+            "workflow again; or set the 'detector' input of the DiffBFR Face Detect node to 'dlib', which "
+            f"works offline once dlib is installed into ComfyUI's Python ({DLIB_INSTALL})"
+        )
+    return f"the {key} weights are missing ({reason}). {fetch}; or use the offline detector (--detector dlib, {DLIB_INSTALL})"
+
+
+DLIB_INSTALL = "pip install dlib-bin face-recognition-models"
 
 
 def _sha256(path: Path) -> str:
@@ -79,10 +86,17 @@ def _sha256(path: Path) -> str:
 
 
 def _download(url: str, target: Path) -> None:
-    """Fetch ``url`` into ``target`` (separate so tests can replace it; they never touch the network)."""
+    """Fetch ``url`` into ``target``, showing the progress (tests replace this: they never touch the network)."""
     with urllib.request.urlopen(url, timeout=30) as response, open(target, "wb") as out:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
+        progress = ByteProgress(int(response.headers.get("Content-Length") or 0), target.name)
+        done = 0
+        try:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                progress.update(done)
+        finally:
+            progress.close()
 
 
 def ensure_weights(key: str, *, download: bool = True) -> Path:
@@ -98,7 +112,7 @@ def ensure_weights(key: str, *, download: bool = True) -> Path:
     partial = target.with_name(target.name + ".part")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {spec.url} -> {target}", file=sys.stderr, flush=True)  # stdout may carry --json
+        print(f"downloading {spec.url} ({spec.size / 1e6:.1f} MB, once) -> {target}", file=sys.stderr, flush=True)  # stdout may carry --json
         _download(spec.url, partial)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         partial.unlink(missing_ok=True)

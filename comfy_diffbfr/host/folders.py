@@ -47,6 +47,11 @@ def _comfy_folder_paths():
     return folder_paths
 
 
+def inside_comfyui() -> bool:
+    """True in a running ComfyUI (messages then name node inputs and ComfyUI's folders, not CLI flags)."""
+    return _comfy_folder_paths() is not None
+
+
 def register_kind(kind: str) -> None:
     """Make ``models/<kind>`` known to ComfyUI (idempotent); a no-op outside ComfyUI."""
     fp = _comfy_folder_paths()

@@ -2,7 +2,8 @@
 
 Inside ComfyUI: ``comfy.utils.ProgressBar`` with a JPEG preview (its hook also honours Cancel).
 Outside: an optional callback ``(step, total, preview IMAGE)``, else a tqdm bar when tqdm is
-installed and ``COMFY_DIFFBFR_PROGRESS`` is not ``0``, else nothing.
+installed and ``COMFY_DIFFBFR_PROGRESS`` is not ``0``, else nothing. ``ByteProgress`` does the same
+for a download, without previews.
 """
 
 from __future__ import annotations
@@ -61,11 +62,39 @@ class StageProgress:
             self._tqdm.close()
 
 
-def _tqdm_bar(total: int, label: str):
+class ByteProgress:
+    """Reports a download: on the running node's bar inside ComfyUI, and as a tqdm bar in bytes on
+    the console (ComfyUI's too) when tqdm is installed."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total = max(int(total), 1)
+        self._tqdm = _tqdm_bar(self.total, label, unit="B", unit_scale=True, unit_divisor=1024)
+        try:
+            import comfy.utils  # ComfyUI's module; absent outside ComfyUI
+
+            self._comfy_bar = comfy.utils.ProgressBar(self.total)
+        except ImportError:
+            self._comfy_bar = None
+        self._done = 0
+
+    def update(self, done: int) -> None:
+        """``done`` bytes of ``total`` have arrived."""
+        if self._comfy_bar is not None:
+            self._comfy_bar.update_absolute(min(done, self.total), self.total)
+        if self._tqdm is not None:
+            self._tqdm.update(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+
+def _tqdm_bar(total: int, label: str, **options):
     if os.environ.get("COMFY_DIFFBFR_PROGRESS", "1") == "0":
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=label, leave=False)
+    return tqdm(total=total, desc=label, leave=False, **options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ from .core_nodes import CORE_NODES, RunContext, make_folder
 from .ui_format import is_ui_format, to_api
 
 PACK_MODULE = "comfy_diffbfr_pack"
-EXAMPLES_DIR = PACK_ROOT / "examples"
+ASSETS_DIR = PACK_ROOT / "assets"  # the example photo the shipped workflows load
+# (not examples/: ComfyUI would serve that folder as the template folder instead of workflows/)
 
 
 def pack_nodes() -> dict[str, type]:
@@ -103,10 +105,12 @@ def _id_order(node_id: str) -> tuple:
     return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
 
 
-def _check_value(node_id: str, cls: type, name: str, kind: Any, options: Mapping[str, Any], value: Any) -> Any:
+def _check_value(node_id: str, cls: type, name: str, kind: Any, options: Mapping[str, Any], value: Any,
+                 limits: bool = True) -> Any:
+    """``value`` converted to the widget type; ``limits`` also checks min/max and the choices."""
     where = f"node {node_id} ({cls.__name__}) input {name!r}"
     if isinstance(kind, (list, tuple)):
-        if value not in kind:
+        if limits and value not in kind:
             shown = ", ".join(map(repr, list(kind)[:8])) or "none available"
             raise WorkflowError(f"{where}: {value!r} is not one of the choices ({shown})")
         return value
@@ -116,6 +120,8 @@ def _check_value(node_id: str, cls: type, name: str, kind: Any, options: Mapping
             value = converters[kind](value)
         except (TypeError, ValueError):
             raise WorkflowError(f"{where}: {value!r} is not a valid {kind}") from None
+        if not limits:
+            return value
         if "min" in options and value < options["min"]:
             raise WorkflowError(f"{where}: {value} is below the minimum {options['min']}")
         if "max" in options and value > options["max"]:
@@ -123,8 +129,36 @@ def _check_value(node_id: str, cls: type, name: str, kind: Any, options: Mapping
     return value
 
 
+def _custom_checks(cls: type) -> tuple[Optional[Any], set[str], bool]:
+    """A node's ``VALIDATE_INPUTS``, the input names it declares, and whether it takes ``**kwargs``."""
+    check = getattr(cls, "VALIDATE_INPUTS", None)
+    if check is None:
+        return None, set(), False
+    spec = inspect.getfullargspec(check)
+    return check, set(spec.args), spec.varkw is not None
+
+
+def _run_custom_check(node_id: str, node: Mapping[str, Any], cls: type, inputs: Mapping[str, Any]) -> None:
+    """Call ``VALIDATE_INPUTS`` as ComfyUI does before running anything: with the node's constant
+    inputs, every linked input as None, and hidden values that need no run (the prompt is empty)."""
+    check, names, any_name = _custom_checks(cls)
+    if check is None or not (names or any_name):
+        return
+    values = {name: (None if isinstance(value, list) else value) for name, value in inputs.items()}
+    for name, kind in cls.INPUT_TYPES().get("hidden", {}).items():
+        values[name] = {"PROMPT": {}, "UNIQUE_ID": node_id}.get(kind)
+    if "input_types" in names:
+        raise WorkflowError(f"{cls.__name__}.VALIDATE_INPUTS asks for input_types, which the headless runner does not provide")
+    result = check(**{k: v for k, v in values.items() if any_name or k in names})
+    if result is not True:
+        title = node.get("_meta", {}).get("title") or node["class_type"]
+        raise WorkflowError(f"node {node_id} ({title}): {result if result is not False else 'its inputs were refused'}")
+
+
 def validate(prompt: Mapping[str, dict], classes: Mapping[str, type]) -> dict[str, dict]:
-    """Checked and type-converted inputs per node; raises ``WorkflowError`` on the first problem."""
+    """Checked and type-converted inputs per node; raises ``WorkflowError`` on the first problem.
+    As in ComfyUI, a node's ``VALIDATE_INPUTS`` runs last, and the inputs it names skip the
+    built-in min/max and choice checks."""
     checked: dict[str, dict] = {}
     for node_id, node in prompt.items():
         cls = classes.get(node["class_type"])
@@ -134,6 +168,7 @@ def validate(prompt: Mapping[str, dict], classes: Mapping[str, type]) -> dict[st
             raise WorkflowError(f"node {node_id} ({node['class_type']}): 'inputs' is missing or not an object")
         schema = cls.INPUT_TYPES()
         specs = {**schema.get("required", {}), **schema.get("optional", {})}
+        _, custom, any_name = _custom_checks(cls)
         inputs = {}
         for name, spec in specs.items():
             value = node["inputs"].get(name)
@@ -149,7 +184,10 @@ def validate(prompt: Mapping[str, dict], classes: Mapping[str, type]) -> dict[st
                     raise WorkflowError(f"node {node_id}: input {name!r} links to missing node {value[0]!r}")
                 inputs[name] = value
                 continue
-            inputs[name] = _check_value(node_id, cls, name, spec[0], spec[1] if len(spec) > 1 else {}, value)
+            # limits of inputs that VALIDATE_INPUTS names are left to it, as in ComfyUI
+            inputs[name] = _check_value(node_id, cls, name, spec[0], spec[1] if len(spec) > 1 else {}, value,
+                                        limits=not (name in custom or any_name))
+        _run_custom_check(node_id, node, cls, inputs)
         checked[node_id] = inputs
     return checked
 
@@ -194,11 +232,9 @@ class Runner:
                 kwargs[name] = outputs[value[1]]
             else:
                 kwargs[name] = value
-        hidden = cls.INPUT_TYPES().get("hidden", {})
-        if "prompt" in hidden:
-            kwargs["prompt"] = dict(prompt)
-        if "extra_pnginfo" in hidden:
-            kwargs["extra_pnginfo"] = extra_pnginfo
+        hidden_values = {"PROMPT": dict(prompt), "EXTRA_PNGINFO": extra_pnginfo, "UNIQUE_ID": node_id}
+        for name, kind in cls.INPUT_TYPES().get("hidden", {}).items():
+            kwargs[name] = hidden_values.get(kind)
         result = getattr(self._instance(cls), cls.FUNCTION)(**kwargs)
         if isinstance(result, dict):
             result = tuple(result.get("result", ()))
@@ -220,7 +256,7 @@ def run_workflow(
     set_images(prompt, images)
     for assignment in assignments:
         set_input(prompt, assignment)
-    ctx = RunContext(output_dir=Path(output_dir), input_dirs=[Path(d) for d in input_dirs] + [EXAMPLES_DIR])
+    ctx = RunContext(output_dir=Path(output_dir), input_dirs=[Path(d) for d in input_dirs] + [ASSETS_DIR])
     make_folder(ctx.output_dir)
     extra = {"workflow": dict(workflow)} if is_ui_format(workflow) else None
     Runner(ctx, classes).run(prompt, extra_pnginfo=extra)

@@ -34,7 +34,8 @@ def widget_inputs(schema: Mapping[str, Any]) -> list[tuple[str, Any, dict]]:
     return out
 
 
-def _has_control(name: str, kind: Any, options: Mapping[str, Any]) -> bool:
+def has_control(name: str, kind: Any, options: Mapping[str, Any]) -> bool:
+    """Whether the frontend adds a "control after generate" widget (and saved value) after this widget."""
     return options.get("control_after_generate", False) or (kind == "INT" and name in ("seed", "noise_seed"))
 
 
@@ -59,7 +60,7 @@ def _widget_values(node: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[s
             continue
         values[name] = saved[i]
         i += 1
-        if _has_control(name, kind, options):
+        if has_control(name, kind, options):
             i += 1
         if options.get("image_upload"):
             upload_pending = True
