@@ -24,6 +24,14 @@ def detector_widget() -> tuple:
     })
 
 
+def saved_color_strength(prompt: dict | None, unique_id: str | None) -> float:
+    """The colour mix of an API prompt saved before ``color_strength`` was named so (its 'strength'
+    input), else the widget's default."""
+    inputs = (prompt or {}).get(str(unique_id), {}).get("inputs", {})
+    old = inputs.get("strength")
+    return float(old) if isinstance(old, (int, float)) else color_strength_widget()[1]["default"]
+
+
 def color_strength_widget() -> tuple:
     return ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                       "tooltip": "How far the colour correction pulls the restored faces towards the photo's colours: "
@@ -132,18 +140,16 @@ class DiffBFRPasteBack:
                 "restored": ("IMAGE",),
                 "color_correction": color_correction_widget(),
             },
-            # Optional, so prompts saved before the rename (with 'strength') still validate; the
-            # widget keeps the position 'strength' had, so saved UI workflows load unchanged.
-            "optional": {
-                "color_strength": color_strength_widget(),
-                "strength": ("FLOAT", {
-                    "forceInput": True, "min": 0.0, "max": 1.0,
-                    "tooltip": "Old name of color_strength (API prompts saved before the rename); overrides it when given."}),
-            },
+            # color_strength was called 'strength'. The widget keeps that position, so saved UI workflows
+            # load unchanged; it is optional, so API prompts saved with the old name still validate,
+            # and the old value is read from the prompt itself (hidden PROMPT and UNIQUE_ID).
+            "optional": {"color_strength": color_strength_widget()},
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     def paste(self, image: torch.Tensor, faces: FaceSet, restored: torch.Tensor, color_correction: str,
-              color_strength: float = 1.0, strength: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              color_strength: float | None = None, prompt: dict | None = None,
+              unique_id: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from comfy_diffbfr.faces import paste_back
 
         n = len(faces.faces)
@@ -165,6 +171,7 @@ class DiffBFRPasteBack:
                 "ratio: cropped or stretched). Connect the image that went into DiffBFR Face Detect, or a copy "
                 "resized by one factor (ImageScaleBy, or ImageScale with crop 'disabled' and the same aspect ratio)."
             )
-        color_strength = color_strength if strength is None else strength
+        if color_strength is None:
+            color_strength = saved_color_strength(prompt, unique_id)
         out, mask = paste_back(image, faces, restored, color_correction=color_correction, color_strength=color_strength)
         return (out, mask)

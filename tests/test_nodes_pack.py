@@ -165,17 +165,17 @@ def test_paste_back_accepts_the_old_strength_name(nodes, tmp_path):
     tinted = (crops * 0.6 + 0.3).clamp(0, 1)
     paste = nodes["DiffBFRPasteBack"]()
     new, _ = paste.paste(photo, face_set, tinted, "adain", color_strength=0.3)
-    old, _ = paste.paste(photo, face_set, tinted, "adain", strength=0.3)
-    full, _ = paste.paste(photo, face_set, tinted, "adain")
-    assert torch.equal(new, old) and not torch.equal(new, full)
-    prompt = {
+    old_prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "diffbfr_example.png"}},
         "2": {"class_type": "DiffBFRFaceDetect", "inputs": {"image": ["1", 0], "detector": "auto", "selection": "all",
                                                              "crop_size": 64, "aligned": True}},
         "3": {"class_type": "DiffBFRPasteBack", "inputs": {"image": ["1", 0], "faces": ["2", 0], "restored": ["2", 1],
                                                             "color_correction": "adain", "strength": 0.3}},
     }
-    assert validate(prompt, node_classes())["3"]["strength"] == 0.3  # an API prompt saved with the old name
+    assert "color_strength" not in validate(old_prompt, node_classes())["3"]  # validates without the new name
+    old, _ = paste.paste(photo, face_set, tinted, "adain", prompt=old_prompt, unique_id="3")  # as ComfyUI calls it
+    full, _ = paste.paste(photo, face_set, tinted, "adain", prompt={}, unique_id="3")
+    assert torch.equal(new, old) and not torch.equal(new, full)
     import json
 
     from comfy_diffbfr.workflow.runner import to_prompt

@@ -39,8 +39,6 @@ def test_schema_is_valid(mappings, node_id):
                 assert all(isinstance(v, str) for v in kind), name
                 if "default" in options:
                     assert options["default"] in kind, f"{node_id}.{name}: default not among the choices"
-            elif kind in WIDGETS and options.get("forceInput"):  # a socket of a widget type: no default
-                assert section == "optional", f"{node_id}.{name}"
             elif kind in WIDGETS:
                 default = options.get("default")
                 if kind in ("INT", "FLOAT"):
