@@ -28,13 +28,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from comfy_diffbfr.commands.restore import restore_images  # noqa: E402
 from comfy_diffbfr.faces import Selection, load_image  # noqa: E402
 from comfy_diffbfr.faces.alignment import crop_face, similarity_to_template  # noqa: E402
 from comfy_diffbfr.faces.detect import detection_copy  # noqa: E402
 from comfy_diffbfr.faces.detectors import get_detector  # noqa: E402
 from comfy_diffbfr.faces.face_set import Face, FaceSet  # noqa: E402
 from comfy_diffbfr.faces.paste import paste_back  # noqa: E402
+from comfy_diffbfr.pipeline import DetectOptions, restore_images  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "faces"
 ALIGNED = [
@@ -170,19 +170,19 @@ def measure(name: str, photos: list[tuple[str, torch.Tensor, int]], detector: st
     worst, identical, seconds = math.inf, True, 0.0
     for label, image, count in photos:
         t0 = time.perf_counter()
-        (res,) = restore_images(image, stages="none", detector=detector, selection=Selection())
+        (res,) = restore_images(image, [], detect=DetectOptions(detector=detector, selection=Selection()))
         seconds += time.perf_counter() - t0
         counted += count
-        found += min(count, res.faces)
-        extra += max(0, res.faces - count)
+        found += min(count, len(res.faces))
+        extra += max(0, len(res.faces) - count)
         mse = ((res.image - image)[..., :3] ** 2).mean().item()
         psnr = math.inf if mse == 0 else 10 * math.log10(1 / mse)
         if psnr < worst:
             worst, worst_label = psnr, label
         outside = res.mask[0] == 0
         identical &= torch.equal(res.image[0][outside], image[0][outside])
-        if res.faces != count:
-            print(f"    {label}: {count} faces, {res.faces} detected")
+        if len(res.faces) != count:
+            print(f"    {label}: {count} faces, {len(res.faces)} detected")
     rate = found / counted if counted else 1.0
     print(f"  {name}: {len(photos)} photos, {counted} faces: found {found} ({rate:.1%}), extra {extra} "
           f"({extra / max(counted, 1):.1%}); round trip worst PSNR {worst:.2f} dB ({worst_label}); "

@@ -12,10 +12,9 @@ How these values were chosen: README, "Fidelity".
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
-Sampler = Literal["ddim", "ddpm"]
-SeedMode = Literal["per_face", "same"]
+from .vocabulary import Sampler, SeedMode
 
 
 @dataclass(frozen=True)

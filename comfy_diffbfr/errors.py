@@ -39,3 +39,7 @@ class WorkflowError(DiffBFRError):
 
 class OutputError(DiffBFRError):
     """An output file that cannot be written (folder not writable, disk full, an empty output name, ...)."""
+
+
+class NotEnoughMemoryError(DiffBFRError):
+    """Even one face does not fit into the compute device's memory."""

@@ -5,10 +5,12 @@
 - TEM: an unconditional face prior polishes any image at its native size.
 
 Each stage starts from its input noised to ``t0 = strength * T`` and samples back to 0
-(truncated sampling). Every face has its own random generator, so a face's result does not
-depend on the other faces in the batch. With ``fidelity`` > 0 every step keeps the low band of
-the result on a reference (``diffusion/lowband.py``): IRM 64 on its input (the low-quality crops),
-IRM 256 on ``lq``, TEM on ``reference``; each falls back to the stage's own input.
+(truncated sampling). Every face has its own random generator (face i of a run uses seed + i), so
+its noise does not depend on the other faces nor on how they are batched; the faces go through the
+network in batches sized from a memory estimate (``batch_size``). With ``fidelity`` > 0 every step
+keeps the low band of the result on a reference (``diffusion/lowband.py``): IRM 64 on its input
+(the low-quality crops), IRM 256 on ``lq``, TEM on ``reference``; each falls back to the stage's
+own input.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from . import params
-from .errors import DiffBFRError, InvalidParameterError, NoFaceError, WrongModelKindError
+from .errors import DiffBFRError, InvalidParameterError, NoFaceError, NotEnoughMemoryError, WrongModelKindError
 from .faces.image_forms import as_image_batch
 from .host import interrupt
 from .host.device import autocast, intermediate_device
+from .host.memory import free_memory, is_out_of_memory, release_cached_memory
 from .host.model_cache import ModelHandle
 from .host.progress import PreviewCallback, StageProgress
-
-SAMPLERS = ("ddim", "ddpm")
-SEED_MODES = ("per_face", "same", "per_track")  # per_track: seed + the face's track id (the same person in every frame)
+from .vocabulary import SEED_MODES
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,12 @@ def _to_nchw(images: torch.Tensor, what: str) -> torch.Tensor:
     return as_image_batch(images, what)[..., :3].movedim(-1, 1)
 
 
-def generators(batch: int, seed: int, seed_mode: str, device: torch.device,
+def generators(batch: int, seed: int, seed_mode: str, device: torch.device, first: int = 0,
                offsets: Optional[Sequence[int]] = None) -> list[torch.Generator]:
-    """One generator per face: ``per_face`` seeds face i with ``seed + i``, ``same`` all with ``seed``,
-    ``per_track`` face i with ``seed + offsets[i]`` (its track id, ``faces.tracking.track_offsets``)."""
+    """One generator per face, for faces ``first .. first + batch - 1`` of the run: ``per_face``
+    seeds face i with ``seed + i``, ``same`` every face with ``seed``, ``per_track`` row k with
+    ``seed + offsets[k]`` (its track id, ``faces.tracking.track_offsets``). A face's noise therefore
+    depends on its place in the run or its track, never on how the run is cut into batches."""
     if seed_mode not in SEED_MODES:
         raise InvalidParameterError(f"seed_mode must be one of {SEED_MODES}, got {seed_mode!r}")
     if seed_mode == "per_track" and (offsets is None or len(offsets) != batch):
@@ -119,13 +122,61 @@ def generators(batch: int, seed: int, seed_mode: str, device: torch.device,
             "seed_mode 'per_track' needs the track of every face: connect the 'faces' output of DiffBFR Face "
             "Detect to the stage's 'faces' input (the face set these crops came from)"
         )
-    per_face = {"per_face": range(batch), "same": [0] * batch, "per_track": offsets}[seed_mode]
+    per_face = {"per_face": range(first, first + batch), "same": [0] * batch, "per_track": offsets}[seed_mode]
     gens = []
     for offset in per_face:
         g = torch.Generator(device=device)
         g.manual_seed((seed + int(offset)) % 2**64)
         gens.append(g)
     return gens
+
+
+# Memory of one face in one forward, in units of the network's first feature map (its width x the
+# working size): the skip connections a UNet keeps and each block's temporaries. Measured on the
+# starter networks (peak RSS growth per extra face on a CPU): 15 (TEM), 17 (IRM 256), 26 (IRM 64);
+# 32 leaves a margin. Batches use at most half of the free memory, and at most MAX_BATCH faces.
+ACTIVATION_MAPS = 32
+MAX_BATCH = 16
+
+
+def batch_size(net: torch.nn.Module, size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> int:
+    """How many faces of ``size`` one forward of ``net`` may take on ``device`` (see ACTIVATION_MAPS)."""
+    first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    width = first.out_channels if first is not None else 64
+    per_face = ACTIVATION_MAPS * width * size[0] * size[1] * torch.empty((), dtype=dtype).element_size()
+    return max(1, min(MAX_BATCH, free_memory(device) // 2 // per_face))
+
+
+@dataclass
+class _StageInputs:
+    """A stage's inputs at its working size, in the sampler's [-1, 1] (CPU until a batch runs)."""
+
+    start: torch.Tensor
+    cond: Optional[torch.Tensor]
+    reference: Optional[torch.Tensor]  # of the low-band lock; None = lock off
+
+
+def _inputs(stage: StageSpec, model: ModelHandle, x: torch.Tensor, lq: Optional[torch.Tensor],
+            reference: Optional[torch.Tensor], size: int | tuple[int, int], fidelity: int) -> _StageInputs:
+    conds = []
+    for source in model.loaded.conditions:
+        if source == "prev":
+            conds.append(resize(x, size))
+        elif source == "lq":
+            if lq is None and requires_lq(stage, model.loaded):
+                raise DiffBFRError(
+                    f"{model.name!r} is conditioned on the low-quality face crops: connect the crops "
+                    f"from DiffBFR Face Detect to the 'lq' input of the {stage.title} node."
+                )
+            conds.append(resize(x if lq is None else _matching(stage, x, lq, "lq"), size))
+        else:
+            raise WrongModelKindError(f"{model.name!r} needs an unknown condition {source!r}")
+    start = resize(x, size)
+    ref = None
+    if fidelity:
+        chosen = _reference(stage, x, lq, reference)
+        ref = resize(chosen, tuple(start.shape[-2:])) * 2 - 1
+    return _StageInputs(start * 2 - 1, torch.cat(conds, dim=1) * 2 - 1 if conds else None, ref)
 
 
 def run_stage(
@@ -146,14 +197,15 @@ def run_stage(
     fidelity_stop: float = 0.0,
     seed_offsets: Optional[Sequence[int]] = None,
     callback: Optional[PreviewCallback] = None,
+    first_face: int = 0,
+    max_batch: Optional[int] = None,
 ) -> torch.Tensor:
     """Run one stage; ``images`` is the stage input, ``lq`` the low-quality crops (for ``lq``
     conditions), ``reference`` what the low-band lock keeps (default: ``lq``, else ``images``);
     ``fidelity`` the lock's band in pixels at the working size (0 = off); ``seed_offsets`` the
-    per-face offsets of ``seed_mode="per_track"``."""
-    from .diffusion.lowband import LowBandLock
-    from .diffusion.samplers import truncated_sample
-
+    per-face offsets of ``seed_mode="per_track"`` (one per row). ``first_face`` is the number of the
+    first row in the whole run (for its seed). The faces go through the network in batches of
+    ``max_batch`` (default: ``batch_size``), smaller ones after an out-of-memory error."""
     strength, steps, eta, seed, fidelity, fidelity_weight, fidelity_stop = (r.check(v, name) for r, v, name in (
         (params.STRENGTH, strength, "strength"), (params.STEPS, steps, "steps"), (params.ETA, eta, "eta"),
         (params.SEED, seed, "seed"), (params.FIDELITY, fidelity, "fidelity"),
@@ -167,77 +219,105 @@ def run_stage(
             "Detect node (another detector, a lower threshold, or 'aligned' for pre-cropped faces)."
         )
     size = size or tuple(x.shape[-2:])  # a model without a native size runs at the input's size
-    conds = []
-    for source in model.loaded.conditions:
-        if source == "prev":
-            conds.append(resize(x, size))
-        elif source == "lq":
-            if lq is None and requires_lq(stage, model.loaded):
-                raise DiffBFRError(
-                    f"{model.name!r} is conditioned on the low-quality face crops: connect the crops "
-                    f"from DiffBFR Face Detect to the 'lq' input of the {stage.title} node."
-                )
-            src = x if lq is None else _to_nchw(lq, f"{stage.title} lq")
-            if src.shape[0] != x.shape[0]:
-                raise DiffBFRError(
-                    f"{stage.title}: the image batch has {x.shape[0]} faces but 'lq' has {src.shape[0]}; "
-                    "connect the crops of the same face set to both inputs."
-                )
-            conds.append(resize(src, size))
-        else:
-            raise WrongModelKindError(f"{model.name!r} needs an unknown condition {source!r}")
-    start = resize(x, size)
+    inputs = _inputs(stage, model, x, lq, reference, size, fidelity)
     device = model.prepare()
     dtype = model.compute_dtype(device)
-    cond = torch.cat(conds, dim=1).to(device) * 2 - 1 if conds else None
-    start = start.to(device) * 2 - 1
-    lock = None
-    if fidelity:
-        ref = _reference(stage, x, lq, reference)
-        lock = LowBandLock(resize(ref, tuple(start.shape[-2:])).to(device) * 2 - 1, int(fidelity),
-                           float(fidelity_weight), float(fidelity_stop) * model.loaded.schedule.num_timesteps)
+    batch = max_batch or batch_size(model.net, tuple(inputs.start.shape[-2:]), dtype, device)
+    progress = StageProgress(steps, stage.title, callback)
+    settings = dict(strength=strength, steps=steps, sampler=sampler, eta=eta, seed=seed, seed_mode=seed_mode,
+                    fidelity=int(fidelity), fidelity_weight=float(fidelity_weight),
+                    fidelity_stop=float(fidelity_stop) * model.loaded.schedule.num_timesteps)
 
-    def sample(dtype: torch.dtype) -> torch.Tensor:
-        progress = StageProgress(steps, stage.title, callback)
-
+    def rows(start: int, stop: int, chunk: int, chunks: int) -> torch.Tensor:
         def on_step(step: int, total: int, x0: torch.Tensor) -> None:
-            progress.update(step, total, x0)
+            progress.update(chunk * total + step, chunks * total, x0)
             interrupt.check_interrupt()
 
-        net = model.loaded if dtype == torch.float32 else _FiniteOutputs(model.loaded)
-        try:
-            with torch.no_grad(), autocast(device, dtype):
-                return truncated_sample(
-                    net, start, cond=cond, strength=strength, steps=steps, sampler=sampler, eta=eta,
-                    generators=generators(start.shape[0], seed, seed_mode, device, seed_offsets), callback=on_step,
-                    lock=lock,
-                ).float()
-        finally:
-            progress.close()
+        offsets = None if seed_offsets is None else list(seed_offsets)[start:stop]
+        return _sample(model, inputs, start, stop, device, dtype, first_face + start, offsets, on_step, settings)
 
     try:
-        out = sample(dtype)
-    except _NonFinite:
-        out = sample(torch.float32)  # half precision overflowed: redo this stage in float32
+        out = _in_batches(x.shape[0], batch, rows, device, f"{stage.title} ({model.name})")
+    finally:
+        progress.close()
     out = ((out.to(intermediate_device()) + 1) / 2).clamp(0, 1)
     if stage.keeps_size and out.shape[-2:] != x.shape[-2:]:
         out = resize(out, x.shape[-2:])
     return out.movedim(1, -1).contiguous()
 
 
-def _reference(stage: StageSpec, x: torch.Tensor, lq: Optional[torch.Tensor],
-               reference: Optional[torch.Tensor]) -> torch.Tensor:
-    """What the low-band lock keeps: ``reference``, else ``lq``, else the stage input (NCHW)."""
-    chosen, name = (reference, "reference") if reference is not None else (lq, "lq")
-    if chosen is None:
-        return x
-    ref = _to_nchw(chosen, f"{stage.title} {name}")
+def _sample(model: ModelHandle, inputs: _StageInputs, start: int, stop: int, device: torch.device, dtype: torch.dtype,
+            first: int, offsets: Optional[list[int]], on_step: Any, settings: dict) -> torch.Tensor:
+    """Faces ``start:stop`` of the stage (float32, [-1, 1], on ``device``); redone in float32 when a
+    reduced precision overflows."""
+    from .diffusion.lowband import LowBandLock
+    from .diffusion.samplers import truncated_sample
+
+    x = inputs.start[start:stop].to(device)
+    cond = inputs.cond[start:stop].to(device) if inputs.cond is not None else None
+    lock = None
+    if inputs.reference is not None:
+        lock = LowBandLock(inputs.reference[start:stop].to(device), settings["fidelity"],
+                           settings["fidelity_weight"], settings["fidelity_stop"])
+
+    def sample(dtype: torch.dtype) -> torch.Tensor:
+        net = model.loaded if dtype == torch.float32 else _FiniteOutputs(model.loaded)
+        with torch.no_grad(), autocast(device, dtype):
+            return truncated_sample(
+                net, x, cond=cond, strength=settings["strength"],
+                steps=settings["steps"], sampler=settings["sampler"], eta=settings["eta"],
+                generators=generators(stop - start, settings["seed"], settings["seed_mode"], device, first, offsets),
+                callback=on_step, lock=lock,
+            ).float()
+
+    try:
+        return sample(dtype)
+    except _NonFinite:
+        return sample(torch.float32)  # half precision overflowed: redo these faces in float32
+
+
+def _in_batches(total: int, batch: int, rows: Any, device: torch.device, what: str) -> torch.Tensor:
+    """``rows(start, stop, chunk, chunks)`` over ``[0, total)`` in batches of at most ``batch``; after
+    an out-of-memory error the failed batch is retried at half its size (down to one face)."""
+    outs: list[torch.Tensor] = []
+    start = 0
+    while start < total:
+        stop = min(total, start + batch)
+        chunks = len(outs) + -(-(total - start) // batch)
+        try:
+            outs.append(rows(start, stop, len(outs), chunks))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if stop - start == 1:
+                raise NotEnoughMemoryError(
+                    f"{what}: one face does not fit into the memory of {device} ({exc}). Close other programs, "
+                    "choose precision bf16/fp16 on the model loader (--precision), or run on another device."
+                ) from None
+            release_cached_memory(device)
+            batch = max(1, (stop - start) // 2)
+            continue
+        start = stop
+    return torch.cat(outs)
+
+
+def _matching(stage: StageSpec, x: torch.Tensor, images: torch.Tensor, name: str) -> torch.Tensor:
+    """``images`` (NCHW) as a companion of the stage input ``x``: one row per face."""
+    ref = _to_nchw(images, f"{stage.title} {name}")
     if ref.shape[0] != x.shape[0]:
         raise DiffBFRError(
             f"{stage.title}: the image batch has {x.shape[0]} faces but {name!r} has {ref.shape[0]}; "
             "connect the crops of the same face set to both inputs."
         )
     return ref
+
+
+def _reference(stage: StageSpec, x: torch.Tensor, lq: Optional[torch.Tensor],
+               reference: Optional[torch.Tensor]) -> torch.Tensor:
+    """What the low-band lock keeps: ``reference``, else ``lq``, else the stage input (NCHW)."""
+    if reference is not None:
+        return _matching(stage, x, reference, "reference")
+    return x if lq is None else _matching(stage, x, lq, "lq")
 
 
 class _NonFinite(Exception):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from . import _library  # noqa: F401  (makes comfy_diffbfr importable)
-
 from comfy_diffbfr import params
 from comfy_diffbfr.defaults import StageSettings
-from comfy_diffbfr.stages import SAMPLERS, SEED_MODES
+from comfy_diffbfr.vocabulary import SAMPLERS, SEED_MODES
 
 CATEGORY = "DiffBFR"
 MODEL = "DIFFBFR_MODEL"
@@ -45,12 +43,15 @@ def sampling_widgets(defaults: StageSettings) -> dict:
 def fidelity_widget(defaults: StageSettings) -> dict:
     """The stage nodes' optional ``fidelity`` widget (optional, so prompts saved before it existed
     still validate; the nodes then use the table's default)."""
-    return {
-        "fidelity": ("INT", {
-            "default": defaults.fidelity, "min": params.FIDELITY.low, "max": params.FIDELITY.high, "step": 8,
-            "tooltip": "Keeps the face's identity: at every step the result's coarse content (what a copy "
-                       "this many pixels wide, at the stage's working size, shows) is taken from the "
-                       "low-quality face. 0 = off (the model alone decides); larger = closer to the input, "
-                       "less change; at the working size itself the input is returned.",
-        }),
-    }
+    return {"fidelity": fidelity_input(defaults.fidelity, "the stage's working size")}
+
+
+def fidelity_input(default: int, working_size: str) -> tuple:
+    """An INT input for a low-band lock, in pixels at ``working_size``."""
+    return ("INT", {
+        "default": default, "min": params.FIDELITY.low, "max": params.FIDELITY.high, "step": 8,
+        "tooltip": "Keeps the face's identity: at every step the result's coarse content (what a copy "
+                   f"this many pixels wide, at {working_size}, shows) is taken from the "
+                   "low-quality face. 0 = off (the model alone decides); larger = closer to the input, "
+                   "less change; at the working size itself the input is returned.",
+    })

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, MAX_SEED
-
 from comfy_diffbfr.training.degradation import DegradationConfig, degrade
+
+from .common import CATEGORY, MAX_SEED
 
 PRESETS = ("custom", "moderate", "severe")
 

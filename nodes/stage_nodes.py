@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import CATEGORY, FACES, MODEL, fidelity_widget, sampling_widgets
-from .preflight import check_stage_nodes
-
 import torch
 
 from comfy_diffbfr import stages
@@ -14,6 +11,9 @@ from comfy_diffbfr.defaults import STAGE_DEFAULTS
 from comfy_diffbfr.faces.face_set import FaceSet
 from comfy_diffbfr.faces.tracking import track_offsets
 from comfy_diffbfr.host.model_cache import ModelHandle
+
+from .common import CATEGORY, FACES, MODEL, fidelity_widget, sampling_widgets
+from .preflight import check_stage_nodes
 
 
 def _offsets(faces: FaceSet | None) -> list[int] | None:

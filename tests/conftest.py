@@ -1,7 +1,9 @@
-"""Shared test fixtures. Data beside the checkout (`../shared`) is optional: tests that need it skip."""
+"""Shared test fixtures. Data beside the checkout (`../shared`) is optional: tests that need it skip,
+except under ``CI=true``, where they fail."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,28 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+class _PackRootIsADirectory:
+    """The checkout's root holds ComfyUI's entry point (``__init__.py``), not a test package: pytest
+    would import it on its own, which fails where the folder's name is no Python identifier
+    (``custom_nodes/comfy-diffbfr``). Tests import the pack where they need it (``pack_helpers``)."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        return pytest.Dir.from_parent(parent, path=path) if path == REPO else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # registered as a plugin, not a conftest hook: the root is collected above this folder
+    config.pluginmanager.register(_PackRootIsADirectory(), "diffbfr-pack-root")
+
+
 def _shared(sub: str) -> Path:
     path = SHARED / sub
     if not path.is_dir():
-        pytest.skip(f"{path} is absent: these tests read the shared fixtures that sit beside the checkout")
+        message = f"{path} is absent: these tests read the shared fixtures that sit beside the checkout"
+        if os.environ.get("CI", "").lower() == "true":  # CI must run them: a missing folder is a failure
+            pytest.fail(message + " (CI=true)", pytrace=False)
+        pytest.skip(message)
     return path
 
 

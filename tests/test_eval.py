@@ -11,7 +11,7 @@ from PIL import Image
 
 from comfy_diffbfr.cli import main
 from comfy_diffbfr.training.degradation import DegradationConfig
-from comfy_diffbfr.training.evaluate import evaluate, psnr, ssim, texture_energy
+from comfy_diffbfr.training.evaluate import evaluate, format_table, psnr, ssim, texture_energy, unsharp_mask
 from comfy_diffbfr.training.trainer import Trainer, TrainSettings
 
 
@@ -48,6 +48,21 @@ def test_evaluate_input_versus_output():
     assert oracle.output["psnr"] == pytest.approx(100.0) and oracle.output["texture"] == pytest.approx(0.0, abs=1e-6)
     assert oracle.goals() == {"psnr": True, "texture": True}
     assert unchanged.goals()["texture"] is (abs(unchanged.output["texture"]) <= 1.5)
+    # the unsharp-mask baseline: measured on the sharpened input, more texture than the input
+    assert unchanged.unsharp["texture"] > unchanged.input["texture"] and unchanged.unsharp != unchanged.input
+    assert unchanged.per_face[0]["unsharp_psnr"] != unchanged.per_face[0]["input_psnr"]
+    header, *rows = format_table(unchanged).splitlines()[1:]
+    assert header.split()[1:4] == ["input", "unsharp", "output"]
+
+
+def test_unsharp_mask_is_pils_radius_2_150_percent():
+    from PIL import Image, ImageFilter
+
+    img = blur(detailed(32, 3))
+    u8 = (img[0] * 255).round().byte().numpy()
+    expected = np.asarray(Image.fromarray(u8).filter(ImageFilter.UnsharpMask(radius=2, percent=150, threshold=0)))
+    out = unsharp_mask(img)
+    assert out.shape == img.shape and torch.equal((out[0] * 255).round().byte(), torch.from_numpy(expected.copy()))
 
 
 def test_identity_distance_on_real_faces(faces_dir):
@@ -68,6 +83,7 @@ def test_identity_distance_on_real_faces(faces_dir):
     assert 0.0 < blurred < other and other > 0.5
 
 
+@pytest.mark.slow
 def test_eval_command_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("COMFY_DIFFBFR_PROGRESS", "0")
     hq_dir = tmp_path / "hq"
@@ -81,12 +97,19 @@ def test_eval_command_end_to_end(tmp_path, monkeypatch):
                               batch_size=1, device="cpu", patch=32 if stage == "tem" else None)).train()
         models += ["--model", f"{stage}={tmp_path / stage / (stage + '.safetensors')}"]
     out_json = tmp_path / "eval.json"
-    args = ["eval", "--hq", str(hq_dir), *models, "--steps", "1", "--limit", "1", "--no-identity",
-            "--json", str(out_json), "--save", str(tmp_path / "strips")]
+    args = ["eval", "--hq", str(hq_dir), *models, "--steps", "1", "--fidelity", "16,0,32", "--limit", "2", "--no-identity",
+            "--json", str(out_json), "--save", str(tmp_path / "strips"), "--sheet", str(tmp_path / "sheet.png")]
     assert main(args) == 0
     result = json.loads(out_json.read_text())
-    assert set(result["goals"]) == {"psnr", "texture"} and len(result["per_face"]) == 1
+    assert set(result["goals"]) == {"psnr", "texture"} and len(result["per_face"]) == 2
     assert result["input"]["psnr"] < 100 and np.isfinite(result["output"]["psnr"])
+    assert set(result["unsharp"]) == set(result["input"])
+    settings = result["settings"]
+    assert [s["stage"] for s in settings["stages"]] == ["irm64", "irm256", "tem"]
+    assert [(s["steps"], s["fidelity"]) for s in settings["stages"]] == [(1, 16), (1, 0), (1, 32)]
+    assert settings["degradation"] == "moderate" and settings["faces"] == 2
     assert Image.open(tmp_path / "strips" / "face_0000.png").size == (3 * 256, 256)
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.size[0] == 3 * 256 and sheet.size[1] > 2 * 256  # two rows and their labels
     assert main(["eval", "--hq", str(hq_dir), *models, "--degradation", "{oops"]) == 2
     assert main(["eval", "--hq", str(hq_dir), "--model", "irm999=x"]) == 2

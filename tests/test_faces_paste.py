@@ -142,8 +142,8 @@ def test_colour_correction_pulls_towards_the_original(method):
     tinted = (fs.crops * torch.tensor([0.6, 0.9, 1.0]) + torch.tensor([0.0, 0.05, 0.2])).clamp(0, 1)
     plain, mask = paste_back(photo, fs, tinted)
     fixed, _ = paste_back(photo, fs, tinted, color_correction=method)
-    half, _ = paste_back(photo, fs, tinted, color_correction=method, strength=0.5)
-    none_, _ = paste_back(photo, fs, tinted, color_correction=method, strength=0.0)
+    half, _ = paste_back(photo, fs, tinted, color_correction=method, color_strength=0.5)
+    none_, _ = paste_back(photo, fs, tinted, color_correction=method, color_strength=0.0)
     inside = mask[0] == 1
     err = {name: (img[inside] - photo[inside]).abs().mean().item() for name, img in
            {"plain": plain, "fixed": fixed, "half": half, "none": none_}.items()}
@@ -179,8 +179,9 @@ def test_parsing_mask_keeps_face_classes_blurred_with_a_zero_border(monkeypatch)
             logits[:, 17, :, x.shape[-1] // 2 :] = 1
             return logits, x
 
-    monkeypatch.setattr(parsing, "find_weights", lambda key: "parsenet.pth")
-    monkeypatch.setattr(parsing, "_load", lambda path, device: HalfSkinHalfHair())
+    from comfy_diffbfr.host.model_cache import ModuleHandle
+
+    monkeypatch.setattr(parsing, "_parsenet", lambda: ModuleHandle(HalfSkinHalfHair()))
     masks = parsing.parsing_masks(torch.rand(2, 3, 256, 256))
     assert masks.shape == (2, 1, 256, 256)
     assert masks[0, 0, 128, 40] > 0.99 and masks[0, 0, 128, 220] < 0.01  # skin kept, hair not
@@ -193,7 +194,7 @@ def test_parsenet_weights_load_from_the_model_folder_and_bad_files_are_refused()
 
     from comfy_diffbfr.errors import CheckpointError
     from comfy_diffbfr.faces import weights
-    from comfy_diffbfr.faces.parsing import _load, parsing_available
+    from comfy_diffbfr.faces.parsing import _build, _parsenet, parsing_available
 
     assert not parsing_available()
     folder = weights.model_dirs(weights.KIND)[0]
@@ -204,11 +205,29 @@ def test_parsenet_weights_load_from_the_model_folder_and_bad_files_are_refused()
     torch.save({"module." + k: v for k, v in reference.state_dict().items()}, path)
     try:
         assert parsing_available()
-        net = _load(str(path), "cpu")
-        for (name, p), q in zip(net.state_dict().items(), reference.state_dict().values(), strict=True):
+        handle = _parsenet()
+        assert handle.module is _parsenet().module  # loaded once, through the model cache
+        for (name, p), q in zip(handle.module.state_dict().items(), reference.state_dict().values(), strict=True):
             assert torch.equal(p, q), name
         path.write_bytes(b"not a state dict")
         with pytest.raises(CheckpointError, match="not a usable ParseNet"):
-            _load.__wrapped__(str(path), "cpu")
+            _build(path)
     finally:
         path.unlink()
+
+
+def test_a_grey_photo_gets_grey_faces():
+    """Whatever colours the restored crops have, a greyscale photo (R = G = B, as grey files are
+    read) stays grey; a colour photo keeps the crops' colours."""
+    grey = _photo(channels=1).expand(-1, -1, 3).contiguous()
+    fs = _face_set([grey], [(0, 200, 200, 0.4)])
+    red = fs.crops.clone()
+    red[..., 0] = 1.0
+    out, mask = paste_back(grey[None], fs, red)
+    inside = mask[0] > 0
+    assert inside.any() and torch.equal(out[0][~inside], grey[~inside])
+    assert (out[0, ..., 0] - out[0, ..., 2]).abs().max() == 0
+    colour = _photo()
+    fs = _face_set([colour], [(0, 200, 200, 0.4)])
+    out, mask = paste_back(colour[None], fs, fs.crops * torch.tensor([1.0, 0.0, 0.0]))
+    assert out[0, ..., 1][mask[0] > 0.99].max() < 0.01

@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
-from comfy_diffbfr.commands.restore import restore_images
 from comfy_diffbfr.faces import load_image
+from comfy_diffbfr.pipeline import DetectOptions, restore_images
+
+pytestmark = pytest.mark.slow  # a round trip over every whole photo of ../shared
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +33,13 @@ def whole_results(faces_dir):
 
 def _round_trip(path, counted: int) -> dict:
     image = load_image(path)
-    (res,) = restore_images(image, stages="none", detector="dlib")
+    (res,) = restore_images(image, [], detect=DetectOptions(detector="dlib"))
     mse = ((res.image - image)[..., :3] ** 2).mean().item()
     outside = res.mask[0] == 0
     return {
         "file": path.name,
         "counted": counted,
-        "detected": res.faces,
+        "detected": len(res.faces),
         "psnr": 10 * math.log10(1 / mse) if mse > 0 else math.inf,
         "outside_identical": torch.equal(res.image[0][outside], image[0][outside]),
         "alpha_kept": image.shape[-1] == 3 or torch.equal(res.image[..., 3], image[..., 3]),

@@ -209,7 +209,7 @@ def _paste(strength: float) -> Callable[[Path], None]:
 
         photo = torch.rand(1, 32, 32, 3)
         faces = detect_faces(photo, aligned=True, crop_size=32)
-        paste_back(photo, faces, faces.crops, color_correction="wavelet", strength=strength)
+        paste_back(photo, faces, faces.crops, color_correction="wavelet", color_strength=strength)
     return act
 
 
@@ -401,7 +401,7 @@ CASES: dict[str, Case] = {
         _same_stem, _restore(*NONE, out="in"), 0, r"a\.png: 1 face\(s\) -> .*a_00002\.png",
         _written("a.png", "a.jpg", "a_00001.png", "a_00002.png", folder="in")),
     "restore (diffusion) -o the photos' own folder": Case(
-        _both(_same_stem, _models), _restore(*TEM, out="in"), 0, r"a\.jpg -> .*a_00001\.png",
+        _both(_same_stem, _models), _restore(*TEM, out="in"), 0, r"a\.jpg: 1 face\(s\) -> .*a_00001\.png",
         _written("a_00001.png", "a_00002.png", folder="in")),
     "restore -o '' (an unset variable)": Case(_one_photo, _restore(*NONE, out=""), 2, r"argument -o/--output: is empty"),
     "faces --out ''": Case(_one_photo, lambda tmp: ["faces", str(tmp / "in"), "--aligned", "--out", ""], 2,
@@ -462,14 +462,14 @@ CASES: dict[str, Case] = {
     "train --lr nan": Case(_nothing, lambda tmp: ["train", "--stage", "tem", "--data", str(tmp / "in"), "--out",
                                                   str(tmp / "out"), "--lr", "nan"], 2, r"argument --lr: must be a finite number in \(0, 1\]"),
     "workflow strength: NaN": Case(_workflow_file(lambda: _with(_api_workflow(), "3", strength=NAN)), _run(), 2,
-                                   r"node 3 \(DiffBFRPasteBack\) input 'strength': nan is not a finite number"),
+                                   r"strength must be a finite number in \[0, 1\], got nan"),
     "run --set 3.strength=Infinity": Case(_workflow_file(json.dumps(_api_workflow())), _run("--set", "3.strength=Infinity"), 2,
-                                          r"node 3 \(DiffBFRPasteBack\) input 'strength': inf is not a finite number"),
+                                          r"strength must be a finite number in \[0, 1\], got inf"),
     "workflow crop_size: 1e999": Case(_workflow_file(lambda: _with(_api_workflow(), "2", crop_size=INF)), _run(), 2,
                                       r"node 2 \(DiffBFRFaceDetect\) input 'crop_size': inf is not a finite number"),
     "PasteBack node strength NaN": Case(_nothing, _paste_node, InvalidParameterError,
                                         r"strength must be a finite number in \[0, 1\], got nan"),
-    "paste_back(strength=inf)": Case(_nothing, _paste(INF), InvalidParameterError, r"strength must be a finite number in \[0, 1\]"),
+    "paste_back(color_strength=inf)": Case(_nothing, _paste(INF), InvalidParameterError, r"color_strength must be a finite number in \[0, 1\]"),
     "run_stage(strength=nan)": Case(_nothing, _run_stage(strength=NAN), InvalidParameterError,
                                     r"strength must be a finite number in \[0.01, 1\], got nan"),
     "run_stage(eta=nan)": Case(_nothing, _run_stage(eta=NAN), InvalidParameterError, r"eta must be a finite number in \[0, 1\]"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_diffbfr.diffusion.schedules import make_betas
+from comfy_diffbfr.diffusion.schedules import diffusers_schedule, make_betas
 from comfy_diffbfr.errors import CheckpointError
 from comfy_diffbfr.models import load_model
 from comfy_diffbfr.models.checkpoint_io import unwrap
@@ -102,11 +102,12 @@ def test_unconditional_adm_defaults(tmp_path):
 
 def test_predict_maps_tau_to_the_rescaled_timestep(tmp_path):
     path, net = _adm(tmp_path)
-    hints = {"num_head_channels": 16, "num_timesteps": 4000, "noise_schedule": "cosine",
-             "rescale_timesteps": True, "timestep_respacing": "250"}
+    hints = {"num_head_channels": 16, "num_timesteps": 4000, "noise_schedule": "cosine", "rescale_timesteps": True}
+    with pytest.raises(CheckpointError, match="timestep_respacing='250' is not used: the steps are chosen per stage"):
+        load_model(path, {**hints, "timestep_respacing": "250"})
     m = load_model(path, hints)
     assert m.diffusion["num_timesteps"] == 4000 and m.diffusion["schedule"] == "cosine"
-    assert m.diffusion["rescale_timesteps"] and m.diffusion["timestep_respacing"] == "250"
+    assert m.diffusion["rescale_timesteps"]
     x = torch.randn(2, 3, 16, 16)
     tau = torch.tensor([1.0, 2001.5], dtype=torch.float64)
     with torch.no_grad():
@@ -219,7 +220,8 @@ def test_diffusers_scheduler_config_sets_the_diffusion(parity_dir, tmp_path):
     (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
     m = load_model(tmp_path / "pipe")
     assert (m.format, m.diffusion["prediction"], m.diffusion["num_timesteps"]) == ("ddpm", "v", 500)
-    assert torch.equal(m.schedule.betas, make_betas("quad", 500, start=0.00085, end=0.012))
+    assert torch.equal(m.schedule.alphas_cumprod, diffusers_schedule(config).alphas_cumprod)  # as diffusers computes it
+    torch.testing.assert_close(m.schedule.betas, make_betas("quad", 500, start=0.00085, end=0.012), rtol=1e-3, atol=0)
     assert m.wrapping == ["diffusers folder (diffusion_pytorch_model.safetensors)"]
     config["beta_schedule"] = "sigmoid"
     (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))

@@ -29,6 +29,8 @@ def comfy(monkeypatch):
     mm.should_use_fp16 = lambda device=None: False
     mm.should_use_bf16 = lambda device=None: False
     mm.load_models_gpu = lambda models, **kw: calls.loads.append((list(models), kw))
+    mm.get_free_memory = lambda device=None: 8 << 30
+    mm.soft_empty_cache = lambda: None
     mm.interrupt_processing = False
 
     def throw():
@@ -90,3 +92,27 @@ def test_comfy_cancel_stops_the_stage_at_the_next_step(comfy, tmp_path):
     with pytest.raises(FakeInterrupt):
         stages.run_tem(handle, torch.rand(1, 64, 64, 3), strength=0.5, steps=50, seed=0)
     assert len(comfy.progress) == 1
+
+
+@pytest.mark.slow
+def test_face_detector_and_parser_run_under_comfy_model_management(comfy, monkeypatch, tmp_path):
+    """Inside ComfyUI (started with --cpu here: its device is the CPU) RetinaFace and ParseNet come
+    from the model cache as ModelPatchers, loaded by ComfyUI right before use."""
+    from facexlib.detection.retinaface import RetinaFace
+    from facexlib.parsing.parsenet import ParseNet
+
+    from comfy_diffbfr.faces import Selection, detect_faces, paste_back, weights
+
+    monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path))  # this test's weights stay out of the others' folder
+    folder = weights.model_dirs(weights.KIND)[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(RetinaFace(network_name="mobile0.25", device="cpu").state_dict(), folder / weights.WEIGHTS["retinaface_mobilenet"].name)
+    torch.save(ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(), folder / weights.WEIGHTS["parsenet"].name)
+    monkeypatch.setattr(model_cache, "CACHE", model_cache.ModelCache())
+    photo = torch.rand(1, 64, 64, 3)
+    faces = detect_faces(photo, detector="retinaface_mobilenet", selection=Selection(score_threshold=0.0, max_count=1),
+                         crop_size=64)
+    paste_back(photo, faces, faces.crops)  # the parsing mask is used: its weights are present
+    managed = [type(p[0].model).__name__ for p, _ in comfy.loads]
+    assert managed == ["RetinaFace", "ParseNet"] and all(p[0].load_device == torch.device("cpu") for p, _ in comfy.loads)

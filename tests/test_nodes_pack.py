@@ -124,11 +124,13 @@ def test_degrade_node_presets_equal_the_command_line(nodes, preset, tmp_path):
 
 
 def test_all_in_one_restore_equals_the_chain_of_nodes(nodes, model_dir, monkeypatch):
+    from comfy_diffbfr import pipeline
+    from comfy_diffbfr.defaults import STAGE_DEFAULTS
     from comfy_diffbfr.workflow.core_nodes import load_image_file
 
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     tiny_model(model_dir / "i64.safetensors", "irm64", ["lq"], resolution=64)
-    tiny_model(model_dir / "tem.safetensors", "tem", [], resolution=None)
+    tiny_model(model_dir / "tem.safetensors", "tem", [], resolution=64)
     load = nodes["DiffBFRModelLoader"]().load
     (m64,), (mtem,) = load("i64.safetensors", "auto"), load("tem.safetensors", "auto")
     photo, _ = load_image_file(EXAMPLE_PHOTO)
@@ -137,11 +139,49 @@ def test_all_in_one_restore_equals_the_chain_of_nodes(nodes, model_dir, monkeypa
     # the stage nodes' defaults, shortened
     monkeypatch.setitem(STAGE_DEFAULTS, "irm64", STAGE_DEFAULTS["irm64"].updated(steps=3))
     monkeypatch.setitem(STAGE_DEFAULTS, "tem", STAGE_DEFAULTS["tem"].updated(steps=2))
+    monkeypatch.setattr(pipeline, "identity_model", lambda: None)  # dlib's distance has its own tests
+    restore = nodes["DiffBFRRestore"]()
     with pytest.raises(DiffBFRError, match="connect at least one model"):
-        nodes["DiffBFRRestore"]().restore(photo, "auto", "none", 3)
-    image, mask = nodes["DiffBFRRestore"]().restore(photo, "auto", "none", 3, irm64=m64, tem=mtem)
+        restore.restore(photo, "auto", "none", 3)
+    image, mask, report = restore.restore(photo, "auto", "none", 3, irm64=m64, tem=mtem, tem_fidelity=16)
     face_set, crops = nodes["DiffBFRFaceDetect"]().detect(photo, "auto", "all", 512, False)
     (x,) = nodes["DiffBFRIRM64"]().run(m64, crops, **STAGE_DEFAULTS["irm64"].updated(seed=3).as_kwargs())
-    (x,) = nodes["DiffBFRTEM"]().run(mtem, x, **STAGE_DEFAULTS["tem"].updated(seed=3).as_kwargs())
+    (x,) = nodes["DiffBFRTEM"]().run(mtem, x, **STAGE_DEFAULTS["tem"].updated(seed=3, fidelity=16).as_kwargs())
     chained, _ = nodes["DiffBFRPasteBack"]().paste(photo, face_set, x, "none", 1.0)
     assert torch.equal(image, chained) and mask.shape == (1, *photo.shape[1:3])
+    assert report.startswith(f"image 0: {len(face_set)} face(s)") and "score" in report
+    schema = nodes["DiffBFRRestore"].INPUT_TYPES()["optional"]
+    assert {name: schema[f"{name}_fidelity"][1]["default"] for name in ("irm64", "irm256", "tem")} == {
+        name: STAGE_DEFAULTS[name].fidelity for name in ("irm64", "irm256", "tem")}
+
+
+def test_paste_back_accepts_the_old_strength_name(nodes, tmp_path):
+    """The colour mix was called 'strength' before: UI workflows store it by position (now
+    color_strength), API prompts by name; both still load and mean the same."""
+    from comfy_diffbfr.workflow.runner import node_classes, validate
+
+    photo = torch.rand(1, 80, 80, 3, generator=torch.Generator().manual_seed(0))
+    face_set, crops = nodes["DiffBFRFaceDetect"]().detect(photo, "auto", "all", 64, True)
+    tinted = (crops * 0.6 + 0.3).clamp(0, 1)
+    paste = nodes["DiffBFRPasteBack"]()
+    new, _ = paste.paste(photo, face_set, tinted, "adain", color_strength=0.3)
+    old_prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "diffbfr_example.png"}},
+        "2": {"class_type": "DiffBFRFaceDetect", "inputs": {"image": ["1", 0], "detector": "auto", "selection": "all",
+                                                             "crop_size": 64, "aligned": True}},
+        "3": {"class_type": "DiffBFRPasteBack", "inputs": {"image": ["1", 0], "faces": ["2", 0], "restored": ["2", 1],
+                                                            "color_correction": "adain", "strength": 0.3}},
+    }
+    assert "color_strength" not in validate(old_prompt, node_classes())["3"]  # validates without the new name
+    old, _ = paste.paste(photo, face_set, tinted, "adain", prompt=old_prompt, unique_id="3")  # as ComfyUI calls it
+    full, _ = paste.paste(photo, face_set, tinted, "adain", prompt={}, unique_id="3")
+    assert torch.equal(new, old) and not torch.equal(new, full)
+    import json
+
+    from comfy_diffbfr.workflow.runner import to_prompt
+    from pack_helpers import REPO
+
+    ui = json.loads((REPO / "workflows" / "diffbfr_full.json").read_text())  # saved as [color_correction, strength]
+    (saved,) = [n["widgets_values"] for n in ui["nodes"] if n["type"] == "DiffBFRPasteBack"]
+    (inputs,) = [n["inputs"] for n in to_prompt(ui, node_classes()).values() if n["class_type"] == "DiffBFRPasteBack"]
+    assert (inputs["color_correction"], inputs["color_strength"]) == tuple(saved) and "strength" not in inputs

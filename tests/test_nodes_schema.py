@@ -48,7 +48,7 @@ def test_schema_is_valid(mappings, node_id):
                         assert isinstance(default, int)
             else:
                 assert kind in SOCKET_TYPES, f"{node_id}.{name}: unknown socket type {kind!r}"
-    assert isinstance(cls.RETURN_TYPES, tuple) and all(t in SOCKET_TYPES for t in cls.RETURN_TYPES)
+    assert isinstance(cls.RETURN_TYPES, tuple) and all(t in SOCKET_TYPES | {"STRING"} for t in cls.RETURN_TYPES)
     assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
     assert callable(getattr(cls, cls.FUNCTION))
     assert cls.CATEGORY.startswith("DiffBFR") and cls.DESCRIPTION
@@ -61,6 +61,13 @@ def test_stage_widgets_keep_their_saved_order(mappings):
         assert list(schema["required"]) == ["model", "image", "strength", "steps", "sampler", "eta", "seed", "seed_mode"]
         widgets = [name for name, _, _ in widget_inputs({"optional": schema["optional"]})]
         assert widgets == ["fidelity"]  # appended after the required widgets
+
+
+def test_paste_back_keeps_its_widget_positions(mappings):
+    from comfy_diffbfr.workflow.ui_format import widget_inputs
+
+    schema = mappings[0]["DiffBFRPasteBack"].INPUT_TYPES()
+    assert [name for name, _, _ in widget_inputs(schema)] == ["color_correction", "color_strength"]  # was strength
 
 
 def test_loader_lists_the_model_folder_and_the_pack_weights(mappings, tmp_path, monkeypatch):

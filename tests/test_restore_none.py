@@ -1,4 +1,5 @@
-"""The `faces` and `restore --stages none` commands, and photos as users have them."""
+"""The `faces` and `restore --stages none` commands, and photos as users have them (on both paths:
+no stage, and the diffusion stages with tiny random models)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,21 @@ import torch
 from PIL import Image
 
 from comfy_diffbfr.cli import main
-from comfy_diffbfr.commands.restore import STAGE_LISTS, restore_images
+from comfy_diffbfr.defaults import STAGE_DEFAULTS
 from comfy_diffbfr.errors import DiffBFRError
 from comfy_diffbfr.faces import load_image
+from comfy_diffbfr.pipeline import ROUND_TRIP_CROP_SIZE, DetectOptions, load_stages, parse_stage_names, restore_images
+from comfy_diffbfr.vocabulary import STAGE_NAMES
+from pack_helpers import stage_models
 
 PORTRAIT = "facexlib_test.jpg"  # one face, 418x520
+
+
+@pytest.fixture(scope="module")
+def tiny_stages(tmp_path_factory):
+    """The three stages with tiny random models, one step each."""
+    paths = stage_models(tmp_path_factory.mktemp("tiny_models"))
+    return load_stages(STAGE_NAMES, models=paths, settings={n: STAGE_DEFAULTS[n].updated(steps=1) for n in STAGE_NAMES})
 
 
 @pytest.fixture(scope="module")
@@ -94,38 +105,46 @@ def test_tiny_image_comes_back_unchanged(tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "tiny.png")), arr)
 
 
+@pytest.mark.parametrize("path", ["none", "stages"])
 @pytest.mark.parametrize("kind", ["rgba", "grey", "16bit", "exif"])
-def test_photo_formats_restore_with_their_face(kind, portrait, tmp_path):
+def test_photo_formats_restore_with_their_face(kind, path, portrait, tmp_path, request):
     import cv2
 
-    path = tmp_path / f"{kind}.png"
+    stages = request.getfixturevalue("tiny_stages") if path == "stages" else []
+    file = tmp_path / f"{kind}.png"
     if kind == "rgba":
         alpha = np.tile(np.linspace(0, 255, portrait.shape[1]).astype(np.uint8), (portrait.shape[0], 1))
-        Image.fromarray(np.dstack([portrait, alpha]), "RGBA").save(path)
+        Image.fromarray(np.dstack([portrait, alpha]), "RGBA").save(file)
     elif kind == "grey":
-        Image.fromarray(portrait).convert("L").save(path)
+        Image.fromarray(portrait).convert("L").save(file)
     elif kind == "16bit":
-        cv2.imwrite(str(path), portrait[..., ::-1].astype(np.uint16) * 257)
+        cv2.imwrite(str(file), portrait[..., ::-1].astype(np.uint16) * 257 + 3)  # values between the 8-bit levels
     else:  # stored on its side with EXIF orientation 8: only a reader that rotates it sees an upright face
-        path = tmp_path / "exif.jpg"
+        file = tmp_path / "exif.jpg"
         exif = Image.Exif()
         exif[0x0112] = 8
-        Image.fromarray(np.rot90(portrait, -1).copy()).save(path, exif=exif.tobytes(), quality=95)
-    original = load_image(path)
-    (result,) = restore_images(original, detector="dlib")
-    assert result.faces == 1, kind
-    out = result.image
+        Image.fromarray(np.rot90(portrait, -1).copy()).save(file, exif=exif.tobytes(), quality=95)
+    original = load_image(file)
+    (result,) = restore_images(original, stages, detect=DetectOptions(detector="dlib"))
+    assert len(result.faces) == 1, kind
+    out, inside = result.image, result.mask[0] > 0
     assert out.shape == original.shape
-    assert torch.equal(out[0][result.mask[0] == 0], original[0][result.mask[0] == 0])
-    assert _psnr((out[0] * 255).numpy(), (original[0] * 255).numpy()) >= 35
+    assert torch.equal(out[0][~inside], original[0][~inside])  # 16 bits, alpha and all, outside the face
+    if path == "none":
+        assert _psnr((out[0] * 255).numpy(), (original[0] * 255).numpy()) >= 35
+    else:  # the random models changed the face
+        assert (out[0][inside] - original[0][inside]).abs().mean() > 0.01
     if kind == "rgba":
         assert torch.equal(out[..., 3], original[..., 3])
     if kind == "grey":  # no colour cast (float rounding and a trace of the crop's border at the photo edge aside)
         assert (out[..., 0] - out[..., 2]).abs().max() < 1e-3
+    if kind == "16bit":
+        assert not torch.equal(original, (original * 255).round() / 255)  # read with all 16 bits
     if kind == "exif":
         assert out.shape[1:3] == portrait.shape[:2]
 
 
+@pytest.mark.slow
 def test_huge_photo_keeps_memory_bounded(portrait, tmp_path):
     """8000x6000 with one face: the run's peak memory stays a small multiple of the photo itself
     (576 MB as float32), because detection runs on a 1280 px copy and paste-back only inside the face."""
@@ -146,21 +165,17 @@ def test_huge_photo_keeps_memory_bounded(portrait, tmp_path):
     assert Image.open(tmp_path / "out" / "huge.png").size == (8000, 6000)
 
 
-def test_unknown_stage_list_is_refused(tmp_path):
-    with pytest.raises(DiffBFRError, match="unknown stage list"):
-        restore_images(torch.rand(1, 32, 32, 3), stages="irm64,irm256,tem", aligned=True)
+def test_unknown_stage_names_are_refused():
+    assert parse_stage_names("tem, irm64") == ["irm64", "tem"] and parse_stage_names("none") == []
+    with pytest.raises(DiffBFRError, match="unknown stage\\(s\\) \\['irm65'\\]"):
+        parse_stage_names("irm64,irm65")
 
 
-def test_stage_lists_plug_into_restore_images():
-    """A restorer receives the aligned crops at its list's crop size and its output is pasted back."""
-    seen = []
-
-    def darken(crops):
-        seen.append(crops.shape)
-        return crops * 0.5
-
-    photo = torch.rand(2, 64, 64, 3)
-    results = restore_images(photo, aligned=True, restorer=darken)
-    assert seen == [(2, STAGE_LISTS["none"].crop_size, STAGE_LISTS["none"].crop_size, 3)]
+def test_no_stage_pastes_the_crops_of_every_photo_back():
+    photo = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8), size=64, mode="bilinear").movedim(1, -1)
+    results = restore_images(photo, [], detect=DetectOptions(aligned=True))
+    assert [len(r.faces) for r in results] == [1, 1] and results[1].faces[0].image_index == 1
+    assert results[0].faces[0].detector == "aligned" and results[0].faces[0].identity_distance is None
+    assert ROUND_TRIP_CROP_SIZE == 1024
     centre = results[1].image[0, 32, 32]
-    assert torch.allclose(centre, photo[1, 32, 32] * 0.5, atol=0.03)
+    assert torch.allclose(centre, photo[1, 32, 32], atol=0.03)

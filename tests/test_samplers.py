@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfy_diffbfr.diffusion.respacing import diffusers_timesteps, even_grid, grid_from_steps, space_timesteps
+from comfy_diffbfr.diffusion.reference_respacing import diffusers_timesteps, grid_from_steps, space_timesteps
+from comfy_diffbfr.diffusion.respacing import even_grid
 from comfy_diffbfr.diffusion.samplers import generator_noise, sample_grid, truncated_sample
 from comfy_diffbfr.diffusion.schedules import Schedule, diffusers_schedule
 from comfy_diffbfr.diffusion.steps import (
-    PREDICTIONS,
     ddim_step,
     ddpm_step,
     q_sample,
@@ -26,6 +26,7 @@ from comfy_diffbfr.diffusion.steps import (
     transition,
 )
 from comfy_diffbfr.errors import Interrupted, InvalidParameterError, WrongModelKindError
+from comfy_diffbfr.vocabulary import PREDICTIONS
 
 STEP_ATOL = 1e-5  # README: p_sample / q_sample / scheduler tensors
 NET_ATOL = 1e-4  # README: network outputs (where the fixture network itself runs)

@@ -11,13 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfy_diffbfr.diffusion.respacing import (
-    diffusers_timesteps,
-    even_grid,
-    grid_from_steps,
-    space_timesteps,
-    spaced_betas,
-)
+from comfy_diffbfr.diffusion.reference_respacing import diffusers_timesteps, grid_from_steps, space_timesteps, spaced_betas
+from comfy_diffbfr.diffusion.respacing import even_grid
 from comfy_diffbfr.diffusion.schedules import Schedule, diffusers_schedule, make_betas
 from comfy_diffbfr.errors import InvalidParameterError
 

@@ -147,3 +147,73 @@ def test_nonfinite_half_precision_falls_back_to_float32(models, monkeypatch):
     assert torch.isfinite(out).all()
     reference = stages.run_tem(models["tem"], crops(1, 64), seed=0, strength=0.1, steps=2)
     assert torch.equal(out, reference)  # the float32 redo is the plain float32 result
+
+
+class _RowByRow:
+    """The model with every network call made one face at a time: the network's own kernels then
+    give the same bits at any batch size, so what remains is the stage's own batching."""
+
+    def __init__(self, loaded, fail_above: int | None = None, error=torch.OutOfMemoryError) -> None:
+        self._loaded, self.fail_above, self.error, self.batches = loaded, fail_above, error, []
+
+    def __getattr__(self, name):
+        return getattr(self._loaded, name)
+
+    def predict(self, x, tau, cond=None):
+        self.batches.append(x.shape[0])
+        if self.fail_above is not None and x.shape[0] > self.fail_above:
+            raise self.error("CUDA out of memory" if self.error is torch.OutOfMemoryError
+                             else "DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB")
+        rows = [self._loaded.predict(x[i:i + 1], tau[i:i + 1], None if cond is None else cond[i:i + 1])
+                for i in range(x.shape[0])]
+        return torch.cat(rows)
+
+
+def _row_by_row(handle, **kwargs):
+    return model_cache.ModelHandle(loaded=_RowByRow(handle.loaded, **kwargs), name=handle.name)
+
+
+def test_a_faces_result_does_not_depend_on_the_batching(models):
+    """Batch sizes 1 and N give bit-identical results: the seeds are per face of the run."""
+    lq = crops(5)
+    settings = dict(FAST, seed=7, fidelity=16)
+    handle = _row_by_row(models["irm64"])
+    whole = stages.run_irm64(handle, lq, max_batch=5, **settings)
+    assert handle.loaded.batches[-1] == 5
+    for batch in (1, 2, 3):
+        assert torch.equal(stages.run_irm64(handle, lq, max_batch=batch, **settings), whole), batch
+    tail = stages.run_irm64(handle, lq[2:], first_face=2, **settings)  # faces 2.. of the same run
+    assert torch.equal(tail, whole[2:])
+    tem = _row_by_row(models["tem"])
+    polished = stages.run_tem(tem, whole, reference=lq, max_batch=5, seed=1, strength=0.2, steps=2, fidelity=8)
+    assert torch.equal(stages.run_tem(tem, whole, reference=lq, max_batch=1, seed=1, strength=0.2, steps=2, fidelity=8),
+                       polished)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, RuntimeError], ids=["cuda", "cpu"])
+def test_out_of_memory_retries_with_smaller_batches(models, error):
+    lq = crops(5)
+    reference = stages.run_irm64(_row_by_row(models["irm64"]), lq, seed=2, max_batch=1, **FAST)
+    handle = _row_by_row(models["irm64"], fail_above=2, error=error)
+    out = stages.run_irm64(handle, lq, seed=2, max_batch=8, **FAST)
+    assert torch.equal(out, reference)
+    assert handle.loaded.batches[0] == 5 and max(handle.loaded.batches[1:]) == 2  # 5 failed, then 2, 2, 1
+    from comfy_diffbfr.errors import NotEnoughMemoryError
+
+    with pytest.raises(NotEnoughMemoryError, match="one face does not fit.*--precision"):
+        stages.run_irm64(_row_by_row(models["irm64"], fail_above=0, error=error), lq[:2], seed=2, **FAST)
+    with pytest.raises(RuntimeError, match="something else"):  # other errors are not retried
+        stages.run_irm64(_row_by_row(models["irm64"], fail_above=0, error=lambda _: RuntimeError("something else")),
+                         lq[:2], seed=2, **FAST)
+
+
+def test_batch_size_follows_the_free_memory(models, monkeypatch):
+    net = models["irm256"].net  # first feature map: 8 channels
+    per_face = stages.ACTIVATION_MAPS * 8 * 256 * 256 * 4
+    monkeypatch.setattr(stages, "free_memory", lambda device: 2 * 3 * per_face)
+    assert stages.batch_size(net, (256, 256), torch.float32, torch.device("cpu")) == 3
+    assert stages.batch_size(net, (256, 256), torch.bfloat16, torch.device("cpu")) == 6  # half the bytes
+    monkeypatch.setattr(stages, "free_memory", lambda device: 0)
+    assert stages.batch_size(net, (256, 256), torch.float32, torch.device("cpu")) == 1
+    monkeypatch.setattr(stages, "free_memory", lambda device: 1 << 50)
+    assert stages.batch_size(net, (256, 256), torch.float32, torch.device("cpu")) == stages.MAX_BATCH

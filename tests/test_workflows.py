@@ -99,24 +99,59 @@ def test_run_command_with_input_and_set(starter_models, tmp_path, capsys):
     assert "no node '999'" in capsys.readouterr().err
 
 
-def test_restore_with_stages_runs_the_default_workflow(starter_models, tmp_path, capsys, monkeypatch):
+def test_restore_with_stages(starter_models, tmp_path, capsys, monkeypatch):
     from comfy_diffbfr.cli import main
 
     monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((90, 120, 3), 200, np.uint8)).save(blank)
     photo = EXAMPLE_PHOTO
+    rgba = tmp_path / "rgba.png"
+    pixels = np.array(Image.open(photo).convert("RGB"))
+    alpha = np.tile(np.linspace(0, 255, pixels.shape[1]).astype(np.uint8), (pixels.shape[0], 1))
+    Image.fromarray(np.dstack([pixels, alpha]), "RGBA").save(rgba)
     out = tmp_path / "out"
-    code = main(["restore", str(photo), str(blank), "-o", str(out), "--stages", "irm64,tem",
-                 "--steps", "1", "--strength", "0.5,0.2", "--seed", "4"])
+    code = main(["restore", str(photo), str(blank), str(rgba), "-o", str(out), "--stages", "irm64,tem",
+                 "--steps", "1", "--strength", "0.5,0.2", "--fidelity", "0,64", "--seed", "4"])
     assert code == 0
     streams = capsys.readouterr()
     assert "blank.png: no face found, written unchanged" in streams.err
+    assert "fidelity 0" in streams.err and "fidelity 64" in streams.err  # the settings used, per stage
     restored, original = np.array(Image.open(out / "diffbfr_example.png")), np.array(Image.open(photo))
     assert restored.shape == original.shape and not np.array_equal(restored, original)
     assert np.array_equal(np.array(Image.open(out / "blank.png")), np.array(Image.open(blank)))
+    with_alpha = np.array(Image.open(out / "rgba.png"))
+    assert with_alpha.shape[2] == 4 and np.array_equal(with_alpha[..., 3], alpha)  # alpha kept with stages
+    assert not np.array_equal(with_alpha[..., :3], pixels)
     assert main(["restore", str(photo), "-o", str(out), "--stages", "irm64,tem", "--steps", "1,2,3"]) == 2
-    assert "one per stage (2), got 3" in capsys.readouterr().err
+    assert "one per stage (2: irm64, tem), got 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it before anything runs
+        main(["restore", str(photo), "-o", str(out), "--fidelity", "-8"])
+    assert refused.value.code == 2 and "argument --fidelity: each value must be a whole number in [0, 4096]" in capsys.readouterr().err
+
+
+def test_restore_json_reports_every_face_and_the_settings(starter_models, tmp_path, capsys, monkeypatch):
+    from comfy_diffbfr.cli import main
+    from comfy_diffbfr.defaults import STAGE_DEFAULTS
+
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    photo = EXAMPLE_PHOTO
+    assert main(["restore", str(photo), "-o", str(tmp_path), "--stages", "irm64", "--json", "--precision", "fp32"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (stage,) = report["stages"]
+    assert stage["stage"] == "irm64" and stage["precision"] == "fp32"
+    assert {k: stage[k] for k in ("strength", "steps", "fidelity")} == {
+        k: getattr(STAGE_DEFAULTS["irm64"], k) for k in ("strength", "steps", "fidelity")}
+    (entry,) = report["photos"]
+    assert entry["output"] == str(tmp_path / "diffbfr_example.png") and len(entry["faces"]) >= 1
+    face = entry["faces"][0]
+    assert len(face["box"]) == 4 and face["detector"] in ("dlib", "retinaface_resnet50")
+    try:
+        import dlib  # noqa: F401
+    except ImportError:
+        assert "identity_distance" not in face
+    else:
+        assert 0.0 <= face["identity_distance"] < 2.0
 
 
 def test_restore_without_the_starter_weights_says_what_to_do(tmp_path, capsys, monkeypatch):
@@ -133,16 +168,50 @@ def test_restore_without_the_starter_weights_says_what_to_do(tmp_path, capsys, m
     assert "unknown stage(s) ['irm65']" in capsys.readouterr().err
 
 
-def test_restore_keeps_the_workflows_colour_correction_unless_asked(tmp_path, monkeypatch):
+def test_restore_keeps_the_workflows_colour_correction_unless_asked(starter_models, tmp_path, monkeypatch):
+    from comfy_diffbfr import pipeline
     from comfy_diffbfr.cli import main
-    from comfy_diffbfr.workflow import restore_workflow as rw
 
     seen = []
-    monkeypatch.setattr(rw, "restore_paths", lambda paths, out, prompt, load_id, paste_id, **_: seen.append(prompt[paste_id]["inputs"]) or 0)
+    real = pipeline.paste_back
+    monkeypatch.setattr(pipeline, "paste_back", lambda *a, **k: seen.append(k) or real(*a, **k))
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
     workflow = to_prompt(json.loads((REPO / "workflows" / "diffbfr_full.json").read_text()), node_classes())
     (own,) = [n["inputs"]["color_correction"] for n in workflow.values() if n["class_type"] == "DiffBFRPasteBack"]
     photo = str(EXAMPLE_PHOTO)
-    assert main(["restore", photo, "-o", str(tmp_path)]) == 0
-    assert main(["restore", photo, "-o", str(tmp_path), "--color-correction", "adain", "--color-strength", "0.5"]) == 0
+    fast = ["--stages", "irm64", "--steps", "1", "--no-identity"]
+    assert main(["restore", photo, "-o", str(tmp_path), *fast]) == 0
+    assert main(["restore", photo, "-o", str(tmp_path), *fast, "--color-correction", "adain", "--color-strength", "0.5"]) == 0
+    assert main(["restore", photo, "-o", str(tmp_path), "--stages", "none"]) == 0
     assert seen[0]["color_correction"] == own != "none"
-    assert (seen[1]["color_correction"], seen[1]["strength"]) == ("adain", 0.5)
+    assert (seen[1]["color_correction"], seen[1]["color_strength"]) == ("adain", 0.5)
+    assert seen[2]["color_correction"] == "none"
+
+
+@pytest.mark.slow
+def test_cli_restore_equals_the_node_chain(starter_models, tmp_path, monkeypatch):
+    """`restore` (the pipeline) and FaceDetect -> IRM64 -> IRM256 -> TEM -> PasteBack run by the
+    headless runner (workflows/diffbfr_batch.json: two photos in one batch) give the same bits,
+    with every setting at its default."""
+    from comfy_diffbfr.cli import main
+    from comfy_diffbfr.faces.image_io import to_uint8
+    from comfy_diffbfr.workflow.core_nodes import RunContext
+    from comfy_diffbfr.workflow.runner import Runner
+
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    photo = EXAMPLE_PHOTO
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    pixels = np.array(Image.open(photo).convert("RGB"))
+    Image.fromarray(pixels).save(first)
+    Image.fromarray(pixels[:, ::-1].copy()).save(second)  # mirrored: a different face
+    prompt = to_prompt(json.loads((REPO / "workflows" / "diffbfr_batch.json").read_text()), node_classes())
+    loads = sorted(k for k, v in prompt.items() if v["class_type"] == "LoadImage")
+    for node_id, path in zip(loads, (first, second)):
+        prompt[node_id]["inputs"]["image"] = str(path)
+    (paste,) = [k for k, v in prompt.items() if v["class_type"] == "DiffBFRPasteBack"]
+    chained = Runner(RunContext(output_dir=tmp_path)).run(prompt, targets=[paste])[paste][0]
+    assert main(["restore", str(first), str(second), "-o", str(tmp_path / "cli"), "--no-identity"]) == 0
+    for row, path in enumerate((first, second)):
+        cli = np.array(Image.open(tmp_path / "cli" / path.name))
+        assert not np.array_equal(cli, np.array(Image.open(path)))
+        assert np.array_equal(cli, to_uint8(chained[row])), path.name

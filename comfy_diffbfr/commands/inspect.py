@@ -103,8 +103,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"schedule:          {sched['name']}{' ' + json.dumps(sched['args']) if sched['args'] else ''} T={sched['num_timesteps']}, "
         f"beta {sched['beta_first']:.3g}..{sched['beta_last']:.3g}, abar(T)={sched['abar_last']:.3g}",
         f"diffusion:         prediction {diff['prediction']}, learned sigma {diff['learned_sigma']}, "
-        f"rescale timesteps {diff['rescale_timesteps']}, noise conditioning {diff['noise_conditioning']}"
-        + (f", respacing {diff['timestep_respacing']}" if "timestep_respacing" in diff else ""),
+        f"rescale timesteps {diff['rescale_timesteps']}, noise conditioning {diff['noise_conditioning']}",
         "config:",
     ]
     lines += [f"  {key}: {json.dumps(value)}" for key, value in report["config"].items()]

@@ -1,101 +1,34 @@
-"""`python -m comfy_diffbfr restore INPUT... -o OUTDIR [--stages none]`: restore every face of every photo.
+"""`python -m comfy_diffbfr restore INPUT... -o OUTDIR`: restore every face of every photo.
 
-A *stage list* turns aligned crops into restored crops. It is registered in ``STAGE_LISTS`` with
-the crop size it wants; ``restore_images`` does the rest (detect, align, run the stages, paste
-back), so new stage lists plug into the same library function and command. ``none`` pastes the
-crops back unchanged: a round trip that shows what detection, alignment and paste-back alone do.
+The photos go through ``pipeline.restore_images`` in groups of up to PHOTO_GROUP_PIXELS, so the
+faces of a group share the stage batches while memory stays bounded on folders of large photos.
+``--stages none`` only detects, aligns and pastes the crops back: a round trip that shows what
+detection, alignment and paste-back alone do.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .. import params
-from ..batch import PhotoBatch
-from ..errors import DiffBFRError
-from ..faces import Selection, detect_faces, list_images, load_image, paste_back
-from ..faces.color import METHODS
-from ..faces.face_set import ImageBatch
+from ..batch import PER_PHOTO_ERRORS, PhotoBatch
+from ..faces import load_image
 from ..faces.image_io import image_writer
 from ..files import OutputNames
-from .argtypes import add_overwrite_argument, number, number_list, output_folder
+from ..pipeline import DetectOptions, PasteOptions, identity_model, load_stages, parse_stage_names, restore_images
+from ..vocabulary import COLOR_CORRECTIONS
+from .argtypes import add_overwrite_argument, number, output_folder
 from .faces import add_face_arguments, selection_from_args
+from .stage_options import add_stage_arguments, describe, stage_models, stage_settings, summary
 
 HELP = "restore every face in photos or folders and write OUTDIR/<stem>.png"
-
-# aligned crops IMAGE [N, S, S, 3] -> restored crops IMAGE [N, s, s, 3] (any s)
-CropRestorer = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class StageList:
-    """``build(**options)`` returns the crop restorer; ``crop_size`` is the size of the crops it gets."""
-
-    crop_size: int
-    build: Callable[..., CropRestorer]
-    help: str = ""
-
-
-def _unchanged(**_options) -> CropRestorer:
-    return lambda crops: crops
-
-
-# The crops of `none` are 1024 so that the round trip keeps the detail of large faces.
-STAGE_LISTS: dict[str, StageList] = {
-    "none": StageList(1024, _unchanged, "no restoration: detect, align and paste the crops back unchanged"),
-}
-
-
-@dataclass
-class RestoredImage:
-    image: torch.Tensor  # [1, H, W, C]
-    mask: torch.Tensor  # [1, H, W] paste weight; 0 = untouched pixel
-    faces: int
-    note: str = ""  # why nothing was restored, if so
-
-
-def stage_list(name: str) -> StageList:
-    if name not in STAGE_LISTS:
-        raise DiffBFRError(f"unknown stage list {name!r}; available: {', '.join(STAGE_LISTS)}")
-    return STAGE_LISTS[name]
-
-
-def restore_images(
-    images: ImageBatch,
-    *,
-    stages: str = "none",
-    detector: str = "auto",
-    selection: Selection = Selection(),
-    aligned: bool = False,
-    color_correction: str = "none",
-    strength: float = 1.0,
-    restorer: CropRestorer | None = None,
-    **stage_options: Any,
-) -> list[RestoredImage]:
-    """Restore the faces of each photo with the stage list ``stages`` (or an explicit ``restorer``
-    with that list's crop size). Photos without a face come back unchanged, with a note."""
-    spec = stage_list(stages)
-    restorer = restorer or spec.build(**stage_options)
-    face_set = detect_faces(images, detector=detector, selection=selection, crop_size=spec.crop_size, aligned=aligned)
-    restored = restorer(face_set.crops) if len(face_set) else face_set.crops
-    pasted, masks = paste_back(list(_as_list(images)), face_set, restored, color_correction=color_correction, strength=strength)
-    return [
-        RestoredImage(image, mask, len(face_set.indices_of(i)), face_set.notes.get(i, ""))
-        for i, (image, mask) in enumerate(zip(pasted, masks))
-    ]
-
-
-def _as_list(images: ImageBatch):
-    if isinstance(images, torch.Tensor):
-        return [images[None]] if images.ndim == 3 else [im[None] for im in images]
-    return images
+PHOTO_GROUP_PIXELS = 48_000_000  # photos restored together, at most (one larger photo goes alone)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,59 +36,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=output_folder, required=True, metavar="OUTDIR", help="folder for OUTDIR/<stem>.png")
     add_overwrite_argument(parser)
     parser.add_argument("--stages", default="irm64,irm256,tem",
-                        help="diffusion stages as a comma list of irm64,irm256,tem (default: all three, run through "
-                             f"workflows/diffbfr_full.json with the starter weights), or a stage list: {', '.join(STAGE_LISTS)}")
-    parser.add_argument("--color-correction", choices=METHODS, default=None,
-                        help="pull restored faces towards the original colours (default: the workflow's wavelet "
-                             "for the diffusion stages, none for --stages none)")
+                        help="diffusion stages as a comma list of irm64,irm256,tem (default: all three, with the "
+                             "starter weights), or 'none': detect, align and paste back only")
+    add_stage_arguments(parser)
+    parser.add_argument("--color-correction", choices=COLOR_CORRECTIONS, default=None,
+                        help="pull restored faces towards the photo's colours (default: wavelet with stages, none "
+                             "with --stages none)")
     parser.add_argument("--color-strength", type=number(params.BLEND), default=1.0,
-                        help=f"colour-correction strength, {params.BLEND}")
-    parser.add_argument("--strength", type=number_list(params.STRENGTH), default=None, metavar="S[,S...]",
-                        help=f"diffusion stages: truncation point t0 as a fraction of T, {params.STRENGTH}, one for all "
-                             "stages or one per stage")
-    parser.add_argument("--steps", type=number_list(params.STEPS), default=None, metavar="N[,N...]",
-                        help=f"diffusion stages: reverse steps, {params.STEPS}, one or one per stage")
-    parser.add_argument("--seed", type=number(params.SEED), default=None,
-                        help=f"diffusion stages: random seed {params.SEED} (face i uses seed + i)")
+                        help=f"how far the colour correction goes, {params.BLEND}: 0 = the restored colours, 1 = fully corrected")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of {image, output, note, faces: [{box, score, detector, identity_distance}]}")
+    parser.add_argument("--no-identity", action="store_true",
+                        help="do not measure each face's identity distance (LQ crop vs restored crop; needs dlib)")
+
+
+def photo_groups(batch: PhotoBatch) -> Iterator[list[tuple[Path, torch.Tensor]]]:
+    """The readable photos in groups of at most PHOTO_GROUP_PIXELS (a larger photo alone); a photo
+    that cannot be read is reported as failed and left out."""
+    group: list[tuple[Path, torch.Tensor]] = []
+    pixels = 0
+    for path in batch.paths:
+        try:
+            image = load_image(path)
+        except PER_PHOTO_ERRORS as exc:
+            batch.fail(path, exc)
+            continue
+        if group and pixels + image.shape[1] * image.shape[2] > PHOTO_GROUP_PIXELS:
+            yield group
+            group, pixels = [], 0
+        group.append((path, image))
+        pixels += image.shape[1] * image.shape[2]
+    if group:
+        yield group
 
 
 def run(args: argparse.Namespace) -> int:
-    selection = selection_from_args(args)
-    if args.stages not in STAGE_LISTS:
-        return _run_diffusion_stages(args, selection)
-    restorer = stage_list(args.stages).build()
+    names = parse_stage_names(args.stages)
+    stages = load_stages(names, settings=stage_settings(args, names), models=stage_models(args), precision=args.precision)
+    detect = DetectOptions(detector=args.detector, selection=selection_from_args(args), aligned=args.aligned)
+    paste = PasteOptions(color_correction=args.color_correction, color_strength=args.color_strength)
+    identity = None if args.no_identity or not stages else identity_model()
+    if stages and not args.json:
+        print(f"stages: {summary(stages)}", file=sys.stderr)
     batch = PhotoBatch(args.inputs)
-    names = OutputNames(args.output, batch.paths, overwrite=args.overwrite)
+    outputs = OutputNames(args.output, batch.paths, overwrite=args.overwrite)
+    report = []
 
-    def process(path: Path) -> None:
-        (result,) = restore_images(load_image(path), stages=args.stages, detector=args.detector, selection=selection,
-                                   aligned=args.aligned, color_correction=args.color_correction or "none",
-                                   strength=args.color_strength, restorer=restorer)
-        target = names.write(path.stem, ".png", image_writer(result.image, ".png"))
-        if result.faces == 0:
-            print(f"note: {path}: no face found, written unchanged to {target}", file=sys.stderr)
-        else:
-            print(f"{path}: {result.faces} face(s) -> {target}")
+    def restore(group: list[tuple[Path, torch.Tensor]]) -> None:
+        results = restore_images([image for _, image in group], stages, detect=detect, paste=paste, identity=identity)
+        for (path, _), result in zip(group, results):
+            try:
+                target = outputs.write(path.stem, ".png", image_writer(result.image, ".png"))
+            except PER_PHOTO_ERRORS as exc:
+                batch.fail(path, exc)
+                continue
+            report.append({"image": str(path), "output": str(target), "note": result.note,
+                           "faces": [f.to_json() for f in result.faces]})
+            if not result.faces:
+                print(f"note: {path}: no face found, written unchanged to {target}", file=sys.stderr)
+            elif not args.json:
+                print(f"{path}: {len(result.faces)} face(s) -> {target}")
+                for k, face in enumerate(result.faces):
+                    print(f"  face {k}: {face.describe()}")
 
-    return batch.run(process)
-
-
-def _run_diffusion_stages(args: argparse.Namespace, selection: Selection) -> int:
-    """The diffusion stages run as the default workflow through the headless runner."""
-    from ..workflow import restore_workflow as rw
-
-    stages = rw.parse_stages(args.stages)
-    strength = rw.per_stage(args.strength, stages, "--strength") if args.strength else None
-    steps = rw.per_stage(args.steps, stages, "--steps") if args.steps else None
-    prompt, load_id, paste_id = rw.restore_prompt(stages, strength=strength, steps=steps, seed=args.seed,
-                                                  aligned=args.aligned, detector=args.detector)
-    detect = next(k for k, v in prompt.items() if v["class_type"] == "DiffBFRFaceDetect")
-    prompt[detect]["inputs"].update(
-        selection=selection.mode, indices=",".join(map(str, selection.indices)), min_size=selection.min_size,
-        score_threshold=-1.0 if selection.score_threshold is None else selection.score_threshold,
-        max_faces=selection.max_count or 0)
-    paste = prompt[paste_id]["inputs"]
-    if args.color_correction is not None:  # else the workflow's own choice
-        paste["color_correction"] = args.color_correction
-    paste["strength"] = args.color_strength
-    return rw.restore_paths(list_images(args.inputs), args.output, prompt, load_id, paste_id, overwrite=args.overwrite)
+    for group in photo_groups(batch):
+        try:
+            restore(group)
+        except PER_PHOTO_ERRORS as exc:  # e.g. out of memory: each photo alone, so only the culprit fails
+            if len(group) == 1:
+                batch.fail(group[0][0], exc)
+                continue
+            for one in group:
+                try:
+                    restore([one])
+                except PER_PHOTO_ERRORS as exc_one:
+                    batch.fail(one[0], exc_one)
+    if args.json:
+        print(json.dumps({"stages": describe(stages), "photos": report}))
+    return batch.exit_status()

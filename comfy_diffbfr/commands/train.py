@@ -13,11 +13,12 @@ HELP = "train an IRM 64, IRM 256 or TEM stage on a folder of aligned faces (torc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..training.presets import PREDICTIONS, PRESETS, STAGES
-    from ..training.trainer import PRECISIONS, TrainSettings
+    from ..training.presets import PRESETS
+    from ..training.trainer import TrainSettings
+    from ..vocabulary import PRECISIONS, PREDICTIONS, STAGE_NAMES
 
     d = TrainSettings.__dataclass_fields__
-    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--stage", required=True, choices=STAGE_NAMES)
     parser.add_argument("--data", required=True, help="folder of aligned face images (e.g. from 'faces --out DIR --size 256')")
     parser.add_argument("--out", required=True, help="folder for checkpoint.pt, the exported model and samples/")
     parser.add_argument("--preset", default=d["preset"].default, choices=PRESETS, help="network size (default small)")

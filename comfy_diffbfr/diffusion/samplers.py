@@ -14,12 +14,11 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import InvalidParameterError
+from ..vocabulary import SAMPLERS
 from .lowband import LowBandLock
 from .respacing import even_grid
 from .schedules import Schedule
 from .steps import StepResult, ddim_step, ddpm_step, q_sample
-
-SAMPLERS = ("ddim", "ddpm")
 
 NoiseSource = Callable[[], torch.Tensor]
 """Returns the next standard-normal tensor of the sample's shape; called only when a step needs noise."""

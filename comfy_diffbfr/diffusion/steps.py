@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidParameterError, WrongModelKindError
+from ..vocabulary import PREDICTIONS
 from .schedules import Schedule
-
-PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("small", "large")
 _LOG_VARIANCE_FLOOR = 1e-20  # SR3 clips the posterior variance here before the log
 

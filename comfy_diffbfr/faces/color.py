@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from .. import params
 from ..errors import DiffBFRError
+from ..vocabulary import COLOR_CORRECTIONS
 
-METHODS = ("none", "wavelet", "adain")
 _WAVELET_LEVELS = 5
 
 
@@ -40,12 +40,12 @@ def wavelet(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return x - low_frequencies(x) + low_frequencies(ref)
 
 
-def correct_colors(x: torch.Tensor, ref: torch.Tensor, method: str = "none", strength: float = 1.0) -> torch.Tensor:
-    """``x`` moved towards ``method``'s correction by ``strength`` (0 = unchanged, 1 = fully corrected)."""
-    if method not in METHODS:
-        raise DiffBFRError(f"unknown colour correction {method!r}; choose one of {', '.join(METHODS)}")
-    strength = params.BLEND.check(strength, "strength")
-    if method == "none" or strength == 0:
+def correct_colors(x: torch.Tensor, ref: torch.Tensor, method: str = "none", color_strength: float = 1.0) -> torch.Tensor:
+    """``x`` moved towards ``method``'s correction by ``color_strength`` (0 = unchanged, 1 = fully corrected)."""
+    if method not in COLOR_CORRECTIONS:
+        raise DiffBFRError(f"unknown colour correction {method!r}; choose one of {', '.join(COLOR_CORRECTIONS)}")
+    color_strength = params.BLEND.check(color_strength, "color_strength")
+    if method == "none" or color_strength == 0:
         return x
     corrected = adain(x, ref) if method == "adain" else wavelet(x, ref)
-    return (x + strength * (corrected - x)).clamp(0, 1)
+    return (x + color_strength * (corrected - x)).clamp(0, 1)

@@ -70,7 +70,8 @@ def detect_faces(
     device: torch.device | str | None = None,
 ) -> FaceSet:
     """Find, select and align the faces of every photo (``[B, H, W, C]`` or a list of differently
-    sized ``[1, H, W, C]``). With ``aligned=True`` each picture already is an aligned face crop."""
+    sized ``[1, H, W, C]``). With ``aligned=True`` each picture already is an aligned face crop.
+    The detector network runs on ``device`` (default: the host's compute device)."""
     crop_size = params.CROP_SIZE.check(crop_size, "crop_size")
     batch = as_image_list(images)
     det = None if aligned else get_detector(detector, device)

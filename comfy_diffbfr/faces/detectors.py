@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, DiffBFRError, WeightsMissingError
+from ..errors import DiffBFRError, WeightsMissingError
 from ..host.folders import inside_comfyui
-from .weights import DLIB_INSTALL, ensure_weights, find_weights
+from ..host.model_cache import load_module
+from .weights import DLIB_INSTALL, ensure_weights, find_weights, load_facexlib_state
 
 DETECTORS = ("auto", "retinaface_resnet50", "retinaface_mobilenet", "dlib")
 
@@ -81,31 +82,39 @@ def reduce_68_to_5(pts: np.ndarray) -> np.ndarray:
 
 
 class RetinaFaceDetector:
-    """facexlib's RetinaFace network with weights from the model folders (never from site-packages)."""
+    """facexlib's RetinaFace network with weights from the model folders (never from site-packages),
+    shared through the model cache; it runs on the host's compute device unless ``device`` is given."""
 
     max_side = 1280
     default_threshold = 0.9
 
-    def __init__(self, variant: str, device: torch.device, *, download: bool = True) -> None:
-        from facexlib.detection.retinaface import RetinaFace
-
+    def __init__(self, variant: str, device: torch.device | str | None = None, *, download: bool = True) -> None:
         self.name = variant
         path = ensure_weights(variant, download=download)
-        with warnings.catch_warnings():  # torchvision's deprecated `pretrained=` inside facexlib
-            warnings.simplefilter("ignore")
-            net = RetinaFace(network_name="resnet50" if variant.endswith("resnet50") else "mobile0.25", device=device)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = {k.removeprefix("module."): v for k, v in state.items()}
-            net.load_state_dict(state, strict=True)
-        except Exception as exc:  # a truncated or foreign file: say which and what to do
-            raise CheckpointError(f"{path} is not a usable {variant} state dict ({exc}); delete it and download it again") from None
-        self._net = net.eval()
+        self._handle = load_module(path, functools.partial(_build_retinaface, variant), tag=variant)
+        self._device = device
+
+    @property
+    def _net(self) -> torch.nn.Module:
+        return self._handle.module
 
     def detect(self, rgb: np.ndarray, threshold: float) -> list[RawFace]:
+        device = self._handle.prepare(self._device)
+        net = self._net
+        if net.device != device:  # facexlib keeps its device and mean as plain attributes
+            net.device, net.mean_tensor = device, net.mean_tensor.to(device)
         with torch.inference_mode():
-            dets = self._net.detect_faces(np.ascontiguousarray(rgb[..., ::-1]), conf_threshold=threshold, nms_threshold=0.4)
+            dets = net.detect_faces(np.ascontiguousarray(rgb[..., ::-1]), conf_threshold=threshold, nms_threshold=0.4)
         return [RawFace(d[:4].astype(np.float64), d[5:15].reshape(5, 2).astype(np.float64), float(d[4])) for d in dets]
+
+
+def _build_retinaface(variant: str, path: Path) -> torch.nn.Module:
+    from facexlib.detection.retinaface import RetinaFace
+
+    with warnings.catch_warnings():  # torchvision's deprecated `pretrained=` inside facexlib
+        warnings.simplefilter("ignore")
+        net = RetinaFace(network_name="resnet50" if variant.endswith("resnet50") else "mobile0.25", device="cpu")
+    return load_facexlib_state(net, path, variant)
 
 
 def resolve_name(name: str) -> str:
@@ -121,18 +130,12 @@ def resolve_name(name: str) -> str:
     return "retinaface_resnet50"
 
 
-@functools.lru_cache(maxsize=4)
-def _load(name: str, device: str, weights_path: str | None) -> DlibDetector | RetinaFaceDetector:
-    # ``weights_path`` is part of the key so that new files dropped into the folder are picked up.
-    if name == "dlib":
-        return DlibDetector()
-    return RetinaFaceDetector(name, torch.device(device))
+@functools.lru_cache(maxsize=1)
+def _dlib() -> DlibDetector:
+    return DlibDetector()
 
 
 def get_detector(name: str = "auto", device: torch.device | str | None = None) -> DlibDetector | RetinaFaceDetector:
-    """A ready detector (cached per name, device and weight file)."""
+    """A ready detector; RetinaFace runs on ``device`` (default: the host's compute device)."""
     name = resolve_name(name)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    weights = None if name == "dlib" else find_weights(name)
-    return _load(name, str(device), str(weights) if weights else None)
+    return _dlib() if name == "dlib" else RetinaFaceDetector(name, device)

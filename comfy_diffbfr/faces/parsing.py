@@ -1,34 +1,36 @@
 """Optional face-parsing mask (facexlib's ParseNet) that keeps hair, neck and clothes of the photo.
 
 Used only when ``parsing_parsenet.pth`` is in a ``facedetection`` folder (never downloaded here:
-the plain soft mask works without it)."""
+the plain soft mask works without it); shared through the model cache, on the compute device."""
 
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from .weights import find_weights
+from ..host.model_cache import ModuleHandle, load_module
+from .weights import find_weights, load_facexlib_state
 
 # CelebAMask-HQ classes pasted back: everything but background 0, neck 14, cloth 16, hair 17, hat 18.
 _FACE_CLASSES = [c for c in range(19) if c not in (0, 14, 16, 17, 18)]
 _PARSE_SIZE = 512
 
 
-@functools.lru_cache(maxsize=2)
-def _load(path: str, device: str) -> torch.nn.Module:
+def _build(path: Path) -> torch.nn.Module:
     from facexlib.parsing.parsenet import ParseNet
 
-    net = ParseNet(in_size=_PARSE_SIZE, out_size=_PARSE_SIZE, parsing_ch=19)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a usable ParseNet state dict ({exc}); delete it or download it again") from None
-    return net.eval().to(device)
+    return load_facexlib_state(ParseNet(in_size=_PARSE_SIZE, out_size=_PARSE_SIZE, parsing_ch=19), path, "ParseNet")
+
+
+def _parsenet() -> ModuleHandle:
+    """The shared ParseNet (model cache); raises when its weights are absent."""
+    path = find_weights("parsenet")
+    if path is None:
+        raise CheckpointError("parsing_parsenet.pth is not in the facedetection model folder")
+    return load_module(path, _build, tag="parsenet")
 
 
 def parsing_available() -> bool:
@@ -47,14 +49,13 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def parsing_masks(crops: torch.Tensor) -> torch.Tensor:
     """Soft face masks ``[N, 1, S, S]`` in [0, 1] for aligned crops ``[N, 3, S, S]`` (the skin, eyes,
     brows, nose and mouth region, blurred so it fades out, zero along the crop border)."""
-    path = find_weights("parsenet")
-    if path is None:
-        raise CheckpointError("parsing_parsenet.pth is not in the facedetection model folder")
-    net = _load(str(path), str(crops.device))
+    handle = _parsenet()
+    device = handle.prepare()
     size = crops.shape[-1]
-    x = F.interpolate(crops.float(), size=(_PARSE_SIZE, _PARSE_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(crops.float().to(device), size=(_PARSE_SIZE, _PARSE_SIZE), mode="bilinear",
+                      align_corners=False, antialias=True)
     with torch.inference_mode():
-        labels = net(x * 2.0 - 1.0)[0].argmax(1, keepdim=True)
+        labels = handle.module(x * 2.0 - 1.0)[0].argmax(1, keepdim=True)
     mask = torch.isin(labels, torch.tensor(_FACE_CLASSES, device=labels.device)).float()
     mask = _gaussian_blur(_gaussian_blur(mask, 11.0), 11.0)
     border = _PARSE_SIZE // 50
@@ -62,4 +63,5 @@ def parsing_masks(crops: torch.Tensor) -> torch.Tensor:
     mask[..., -border:, :] = 0
     mask[..., :, :border] = 0
     mask[..., :, -border:] = 0
-    return F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    return mask.to(crops.device)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .. import params
 from ..errors import InvalidParameterError
 from .image_forms import as_image_batch
+from ..host.device import compute_device
 from .color import correct_colors
 from .face_set import FaceSet, ImageBatch, as_image_list
 from .parsing import parsing_available, parsing_masks
@@ -67,9 +68,10 @@ class _CropPreparer:
     face_set: FaceSet
     restored: torch.Tensor
     color_correction: str
-    strength: float
+    color_strength: float
     use_parsing: bool
     device: torch.device
+    grey_images: set[int]  # photos that are greyscale: their faces are pasted grey
 
     def __call__(self, row: int) -> torch.Tensor:
         x = self.restored[row : row + 1].to(self.device).permute(0, 3, 1, 2).float()
@@ -78,11 +80,22 @@ class _CropPreparer:
             ref = self.face_set.crops[row : row + 1].to(self.device).permute(0, 3, 1, 2).float()
             if ref.shape[-2:] != (h, w):
                 ref = F.interpolate(ref, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            x = correct_colors(x, ref, self.color_correction, self.strength)
+            x = correct_colors(x, ref, self.color_correction, self.color_strength)
+        if self.face_set.faces[row].image_index in self.grey_images and not _is_grey(x, dim=1):
+            x = (x * LUMA.to(x.device)[:, None, None]).sum(1, keepdim=True).expand(-1, 3, -1, -1)
         weight = edge_mask(h, w, self.device)[None]
         if self.use_parsing:
             weight = weight * parsing_masks(x)
         return torch.cat([x.clamp(0, 1), weight], dim=1)[0]
+
+
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # BT.601
+
+
+def _is_grey(x: torch.Tensor, dim: int = -1) -> bool:
+    """R = G = B everywhere (how greyscale files are read)."""
+    r, g, b = x.narrow(dim, 0, 1), x.narrow(dim, 1, 1), x.narrow(dim, 2, 1)
+    return bool(torch.equal(r, g) and torch.equal(g, b))
 
 
 @dataclass
@@ -97,7 +110,7 @@ class _Placement:
 
 
 def _place(batch: list[torch.Tensor], face_set: FaceSet, restored: torch.Tensor, color_correction: str,
-           strength: float, use_parsing: bool | None, device: torch.device | str | None) -> tuple[_Placement, torch.device]:
+           color_strength: float, use_parsing: bool | None, device: torch.device | str | None) -> tuple[_Placement, torch.device]:
     restored = as_image_batch(restored, "restored")  # uint8, channels-first ...: see image_forms
     if len(batch) != len(face_set.image_sizes):
         raise InvalidParameterError(f"{len(batch)} images but the face set was made from {len(face_set.image_sizes)}")
@@ -106,9 +119,7 @@ def _place(batch: list[torch.Tensor], face_set: FaceSet, restored: torch.Tensor,
         face_set = face_set.scaled_to(sizes)  # a resized copy of the photos: move the faces with it
     if restored.ndim != 4 or restored.shape[0] != len(face_set) or restored.shape[-1] != 3:
         raise InvalidParameterError(f"restored crops must be [{len(face_set)}, h, w, 3], got {tuple(restored.shape)}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = compute_device() if device is None else torch.device(device)
     if use_parsing is None:
         use_parsing = parsing_available()
     rh, rw = restored.shape[1:3]
@@ -121,7 +132,8 @@ def _place(batch: list[torch.Tensor], face_set: FaceSet, restored: torch.Tensor,
         affines.append(a)
         h, w = sizes[face.image_index]
         boxes.append(footprint(invert_affine(a), rw, rh, (w, h)))
-    prepare = _CropPreparer(face_set, restored, color_correction, strength, use_parsing, device)
+    grey = {i for i, image in enumerate(batch) if face_set.indices_of(i) and _is_grey(image[..., :3])}
+    prepare = _CropPreparer(face_set, restored, color_correction, color_strength, use_parsing, device, grey)
     return _Placement(face_set, prepare, affines, boxes), device
 
 
@@ -131,7 +143,7 @@ def paste_back(
     restored: torch.Tensor,
     *,
     color_correction: str = "none",
-    strength: float = 1.0,
+    color_strength: float = 1.0,
     use_parsing: bool | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[ImageBatch, torch.Tensor | list[torch.Tensor]]:
@@ -139,17 +151,19 @@ def paste_back(
     photos the faces were found on, or copies resized by any factor (``FaceSet.scaled_to``).
 
     ``color_correction`` ("none", "wavelet", "adain") pulls each restored crop towards the colours of
-    its original crop by ``strength``. ``use_parsing`` None = use the parsing mask when its weights are
-    present. Returns the images (same form as given: one tensor, or a list of ``[1, H, W, C]``) and
-    the paste weight: ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output
-    equals the input bit for bit. Alpha channels are kept unchanged.
+    its original crop by ``color_strength`` (0 = not at all, 1 = fully). ``use_parsing`` None = use the
+    parsing mask when its weights are present; ``device`` None = the host's compute device. Returns
+    the images (same form as given: one tensor, or a list of ``[1, H, W, C]``) and the paste weight:
+    ``[B, H, W]`` (or a list of ``[1, H, W]``) in [0, 1]; where it is 0 the output equals the input
+    bit for bit. Alpha channels are kept unchanged; a greyscale photo (R = G = B) gets its faces in
+    grey (BT.601 luma), whatever colours a model gave them.
     """
-    strength = params.BLEND.check(strength, "strength")
+    color_strength = params.BLEND.check(color_strength, "color_strength")
     single = isinstance(images, torch.Tensor) and images.ndim == 3  # one [H, W, C] comes back as one
     if isinstance(images, torch.Tensor):
         images = as_image_batch(images, "images")  # uint8, channels-first ...: see image_forms
     batch = as_image_list(images)
-    placed, device = _place(batch, face_set, restored, color_correction, strength, use_parsing, device)
+    placed, device = _place(batch, face_set, restored, color_correction, color_strength, use_parsing, device)
 
     # One copy of the input to write into; a batch tensor is copied whole, so no second copy is stacked.
     if isinstance(images, torch.Tensor):
@@ -188,13 +202,13 @@ def face_layers(
     restored: torch.Tensor,
     *,
     color_correction: str = "none",
-    strength: float = 1.0,
+    color_strength: float = 1.0,
     use_parsing: bool | None = None,
     device: torch.device | str | None = None,
 ) -> list[FaceLayer | None]:
     """Each face of ``face_set`` as ``paste_back`` would paste it, one layer per face row (None for a
     face outside its photo), before faces are blended with each other or with the photo."""
-    placed, _ = _place(as_image_list(images), face_set, restored, color_correction, strength, use_parsing, device)
+    placed, _ = _place(as_image_list(images), face_set, restored, color_correction, color_strength, use_parsing, device)
     layers: list[FaceLayer | None] = []
     for row, (face, affine, box) in enumerate(zip(placed.face_set.faces, placed.affines, placed.boxes)):
         if box is None:

@@ -95,7 +95,7 @@ def faces_from_segs(images: ImageBatch, segs: Any, *, detector: str = "auto", cr
 
 
 def segs_from_faces(images: ImageBatch, face_set: FaceSet, restored: torch.Tensor, *, color_correction: str = "none",
-                    strength: float = 1.0, label: str = "face", device: torch.device | str | None = None) -> tuple:
+                    color_strength: float = 1.0, label: str = "face", device: torch.device | str | None = None) -> tuple:
     """SEGS with one SEG per face of ``face_set``: ``crop_region`` = the region its paste covers,
     ``cropped_image`` = that region with the restored face (IMAGE ``[B, h, w, 3]``, one row per image
     of the batch: the others keep their own pixels), ``cropped_mask`` = ``paste_back``'s weight
@@ -105,7 +105,8 @@ def segs_from_faces(images: ImageBatch, face_set: FaceSet, restored: torch.Tenso
     if len(sizes) != 1:
         raise InvalidParameterError("SEGS describe images of one size; these images differ in size")
     (height, width), = sizes
-    layers = face_layers(batch, face_set, restored, color_correction=color_correction, strength=strength, device=device)
+    layers = face_layers(batch, face_set, restored, color_correction=color_correction, color_strength=color_strength,
+                         device=device)
     items = []
     for face, layer in zip(face_set.scaled_to([(height, width)] * len(batch)).faces, layers):
         if layer is None:

@@ -11,7 +11,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import WeightsMissingError
+import torch
+
+from ..errors import CheckpointError, WeightsMissingError
 from ..host.folders import inside_comfyui, model_dirs
 from ..host.progress import ByteProgress
 
@@ -124,3 +126,14 @@ def ensure_weights(key: str, *, download: bool = True) -> Path:
         raise WeightsMissingError(missing_message(key, f"downloaded file has SHA-256 {actual}, expected {spec.sha256}"))
     partial.replace(target)
     return target
+
+
+def load_facexlib_state(net: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
+    """``net`` (CPU, eval mode) with the state dict of a facexlib release file (tensors only, the
+    ``module.`` prefix of its DataParallel origin removed)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
+    except Exception as exc:  # a truncated or foreign file: say which and what to do
+        raise CheckpointError(f"{path} is not a usable {what} state dict ({exc}); delete it and download it again") from None
+    return net.eval()

@@ -12,7 +12,8 @@ from typing import Iterator
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+from ..vocabulary import PRECISIONS
+
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -1,20 +1,42 @@
 """Model folders: ComfyUI's ``models/<kind>`` when ComfyUI is present, else our own.
 
 Outside ComfyUI the folder for a kind is ``$COMFY_DIFFBFR_MODELS/<kind>`` when that variable is
-set, else ``~/.cache/comfy_diffbfr/<kind>``. The pack's own ``weights/`` folder is always searched
-for ``diffbfr`` models, so the starter weights are found everywhere.
+set, else ``~/.cache/comfy_diffbfr/<kind>``. ``diffbfr`` models are then looked up, in this order:
+
+1. that folder (ComfyUI's ``models/diffbfr``, or ours);
+2. the pack's ``weights/`` folder, when the library runs from a checkout of the pack (or the pack
+   inside ``ComfyUI/custom_nodes``);
+3. the starter weights a ``pip install`` put beside the environment (``<prefix>/share/comfy-diffbfr/
+   weights``, pyproject's ``data-files``; a ``--user`` install's prefix is the user base).
+
+So the starter weights are found however the pack or the library was installed.
 """
 
 from __future__ import annotations
 
 import os
+import site
+import sys
 from pathlib import Path
 
 from ..errors import CheckpointError
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
-PACK_WEIGHTS = PACK_ROOT / "weights"
+INSTALLED_WEIGHTS = Path("share") / "comfy-diffbfr" / "weights"  # below an installation prefix
 MODEL_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+
+
+def _starter_weights() -> Path | None:
+    """The folder that holds the starter weights: the checkout's ``weights/``, else the installed copy."""
+    if (PACK_ROOT / "pyproject.toml").is_file() and (PACK_ROOT / "weights").is_dir():
+        return PACK_ROOT / "weights"
+    for prefix in (sys.prefix, site.getuserbase()):
+        if (Path(prefix) / INSTALLED_WEIGHTS).is_dir():
+            return Path(prefix) / INSTALLED_WEIGHTS
+    return None
+
+
+PACK_WEIGHTS = _starter_weights()
 
 
 def _comfy_folder_paths():
@@ -48,7 +70,7 @@ def model_dirs(kind: str) -> list[Path]:
         root = os.environ.get("COMFY_DIFFBFR_MODELS")
         base = Path(root) if root else Path.home() / ".cache" / "comfy_diffbfr"
         dirs = [base / kind]
-    if kind == "diffbfr":
+    if kind == "diffbfr" and PACK_WEIGHTS is not None:
         dirs.append(PACK_WEIGHTS)
     return dirs
 

@@ -3,7 +3,9 @@
 Inside ComfyUI each network is wrapped in ComfyUI's ``ModelPatcher`` so its memory manager loads
 and offloads it together with its other models (LRU over all of them); we only call
 ``load_models_gpu`` right before each use. Outside ComfyUI a small LRU of loaded files keeps the
-most recent ones, and the one in use is moved to the compute device.
+most recent ones, and the one in use is moved to the compute device. The face detector and the
+face-parsing network go through the same cache (``load_module``), so inside ComfyUI they are
+under its memory management too.
 
 A file enters the cache only after it is completely loaded, so an error or a Cancel during loading
 leaves nothing half-loaded behind.
@@ -17,13 +19,14 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from . import device as devices
 
-DEFAULT_CAPACITY = int(os.environ.get("COMFY_DIFFBFR_CACHE_SIZE", "4"))
+# three stage models, the face detector and the face parser, plus one
+DEFAULT_CAPACITY = int(os.environ.get("COMFY_DIFFBFR_CACHE_SIZE", "6"))
 
 
 @dataclass(eq=False)
@@ -41,18 +44,36 @@ class ModelHandle:
 
     def prepare(self) -> torch.device:
         """Make the network resident on the compute device; returns that device."""
-        if self.patcher is not None:
-            import comfy.model_management as mm
-
-            mm.load_models_gpu([self.patcher], force_full_load=True)
-            return torch.device(self.patcher.load_device)
-        target = devices.compute_device()
-        if _module_device(self.net) != target:
-            self.net.to(target)
-        return target
+        return make_resident(self.net, self.patcher)
 
     def compute_dtype(self, device: torch.device) -> torch.dtype:
         return devices.resolve_dtype(self.precision, device)
+
+
+@dataclass(eq=False)
+class ModuleHandle:
+    """An auxiliary network from the cache (face detector, face parser)."""
+
+    module: torch.nn.Module
+    patcher: Any = field(default=None, repr=False)
+
+    def prepare(self, device: torch.device | str | None = None) -> torch.device:
+        """Make the module resident on ``device`` (default: the compute device); returns it."""
+        return make_resident(self.module, self.patcher, device)
+
+
+def make_resident(net: torch.nn.Module, patcher: Any, device: torch.device | str | None = None) -> torch.device:
+    """Inside ComfyUI its memory manager loads the patcher (offloading others if needed); outside,
+    the module is moved to ``device`` (default: the compute device). Returns where it now is."""
+    if patcher is not None and device is None:
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([patcher], force_full_load=True)
+        return torch.device(patcher.load_device)
+    target = torch.device(device) if device is not None else devices.compute_device()
+    if _module_device(net) != target:
+        net.to(target)
+    return target
 
 
 def _module_device(net: torch.nn.Module) -> torch.device:
@@ -78,18 +99,25 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, path: Path, hints: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
-        """``(LoadedModel, patcher or None)`` for ``path``, loading it on first use."""
+        """``(LoadedModel, patcher or None)`` for the diffusion model ``path``, loading it on first use."""
         from ..models import load_model  # heavy; imported on first use
 
+        tag = json.dumps(dict(hints or {}), sort_keys=True)
+        return self.load(path, lambda p: load_model(p, hints=dict(hints) if hints else None), tag, lambda m: m.net)
+
+    def load(self, path: Path, build: Callable[[Path], Any], tag: str,
+             module_of: Callable[[Any], torch.nn.Module] = lambda m: m) -> tuple[Any, Any]:
+        """``(build(path), patcher or None)``, built once per file and ``tag`` (what else decides
+        the result, e.g. the hints); ``module_of`` picks the network ComfyUI is to manage."""
         path = Path(path).resolve()
         stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, json.dumps(dict(hints or {}), sort_keys=True))
+        key = (str(path), stat.st_size, stat.st_mtime_ns, tag)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            loaded = load_model(path, hints=dict(hints) if hints else None)
-            entry = (loaded, _wrap_for_comfy(loaded.net))
+            built = build(path)
+            entry = (built, _wrap_for_comfy(module_of(built)))
             self._entries[key] = entry
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
@@ -112,3 +140,9 @@ def load_cached(path: Path, name: str, *, hints: Mapping[str, Any] | None = None
         raise ValueError(f"precision must be one of {devices.PRECISIONS}, got {precision!r}")
     loaded, patcher = CACHE.get(path, hints)
     return ModelHandle(loaded=loaded, name=name, precision=precision, patcher=patcher)
+
+
+def load_module(path: Path, build: Callable[[Path], torch.nn.Module], *, tag: str) -> ModuleHandle:
+    """A handle on the shared auxiliary network ``build(path)`` (``tag`` names what it is)."""
+    module, patcher = CACHE.load(path, build, tag)
+    return ModuleHandle(module=module, patcher=patcher)

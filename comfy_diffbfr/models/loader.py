@@ -20,17 +20,22 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..diffusion.schedules import SCHEDULE_KINDS, Schedule, make_betas
-from ..errors import CheckpointError
+from ..diffusion.schedules import SCHEDULE_KINDS, Schedule, diffusers_schedule, make_betas
+from ..errors import CheckpointError, InvalidParameterError
+from ..vocabulary import PREDICTIONS, STAGE_NAMES
 from . import limits, native, signatures
-from .native import CONDITION_SOURCES, PREDICTIONS, ROLES
+from .native import CONDITION_SOURCES
 from .checkpoint_io import Checkpoint, key_sample, read_checkpoint
 from .formats.base import FormatSpec, StateDict, shape_problems
 
 FORMAT_NAMES = native.ARCHS
 #: Hints about the diffusion process and the model's use; every other hint goes to the format spec.
-DIFFUSION_HINTS = ("num_timesteps", "noise_schedule", "beta_start", "beta_end", "rescale_timesteps",
-                   "timestep_respacing", "prediction")
+DIFFUSION_HINTS = ("num_timesteps", "noise_schedule", "beta_start", "beta_end", "rescale_timesteps", "prediction")
+#: Hints of other tools that mean nothing here, with what to do instead.
+REFUSED_HINTS = {
+    "timestep_respacing": "the steps are chosen per stage (the 'steps' setting, any count on any model), "
+                          "not by the model; remove the hint",
+}
 USE_HINTS = ("role", "conditions", "resolution")
 #: Largest image size served by the first IRM stage (which restores at 64x64).
 IRM64_MAX_RESOLUTION = 128
@@ -131,6 +136,9 @@ def _build(info: ModelInfo, path: Path | None, *, meta: bool) -> nn.Module:
 def describe(ckpt: Checkpoint, hints: Mapping[str, Any] | None = None) -> ModelInfo:
     """Format, config, diffusion settings and role of an unwrapped checkpoint; nothing is built."""
     hints = dict(hints or {})
+    for name, instead in REFUSED_HINTS.items():
+        if name in hints:
+            raise CheckpointError(f"hint {name}={hints[name]!r} is not used: {instead}")
     if native.is_native(ckpt.metadata):
         return _describe_native(ckpt, hints)
     fmt, spec = _detect_format(ckpt)
@@ -222,14 +230,17 @@ def _diffusion_settings(
     settings: dict[str, Any] = dict(FORMAT_DIFFUSION_DEFAULTS[fmt])
     if public is not None:
         settings.update(public.diffusion)
-    if ckpt.scheduler_config is not None:
-        settings.update(_from_scheduler_config(ckpt.scheduler_config, ckpt.path))
+    scheduler = _from_scheduler_config(ckpt.scheduler_config, ckpt.path) if ckpt.scheduler_config is not None else None
+    if scheduler is not None:
+        settings["prediction"] = scheduler[1]
     given = {k: hints[k] for k in DIFFUSION_HINTS if k in hints}
     settings.update(given)
     schedule_hinted = any(k in given for k in ("num_timesteps", "noise_schedule", "beta_start", "beta_end"))
     stored_betas = ckpt.buffers.get("betas")
     if stored_betas is not None and not stored_betas.is_meta and not schedule_hinted:  # meta: shapes only
         schedule = schedule_from_betas(stored_betas)
+    elif scheduler is not None and not schedule_hinted:
+        schedule = scheduler[0]
     elif "noise_schedule" in settings and "num_timesteps" in settings:
         schedule = _named_schedule(settings, ckpt.path)
     else:
@@ -242,8 +253,6 @@ def _diffusion_settings(
     if prediction not in PREDICTIONS:
         raise CheckpointError(f"hint prediction={prediction!r} is not one of {PREDICTIONS}")
     diffusion = _diffusion_dict(fmt, schedule, io, prediction, _as_bool(settings.get("rescale_timesteps", False)))
-    if settings.get("timestep_respacing") not in (None, ""):
-        diffusion["timestep_respacing"] = str(settings["timestep_respacing"])
     return schedule, diffusion
 
 
@@ -291,24 +300,14 @@ def schedule_from_betas(betas: torch.Tensor) -> Schedule:
     return Schedule(betas, name="custom")
 
 
-def _from_scheduler_config(cfg: Mapping[str, Any], path: Path | None) -> dict[str, Any]:
-    """diffusers scheduler_config.json -> our settings (linear betas there are our linear_range)."""
-    kinds = {"linear": "linear_range", "scaled_linear": "quad", "squaredcos_cap_v2": "cosine"}
-    beta_schedule = cfg.get("beta_schedule", "linear")
-    if beta_schedule not in kinds or cfg.get("trained_betas"):
-        raise CheckpointError(
-            f"{path}: scheduler_config.json uses beta_schedule {beta_schedule!r}, which is not supported; "
-            f"supported: {sorted(kinds)}"
-        )
+def _from_scheduler_config(cfg: Mapping[str, Any], path: Path | None) -> tuple[Schedule, str]:
+    """diffusers ``scheduler_config.json`` -> (its schedule, computed as diffusers does, and the prediction)."""
+    try:
+        schedule = diffusers_schedule(cfg)
+    except InvalidParameterError as exc:
+        raise CheckpointError(f"{path}: scheduler_config.json: {exc}") from None
     predictions = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-    out = {
-        "num_timesteps": int(cfg.get("num_train_timesteps", 1000)),
-        "noise_schedule": kinds[beta_schedule],
-        "beta_start": float(cfg.get("beta_start", 1e-4)),
-        "beta_end": float(cfg.get("beta_end", 0.02)),
-        "prediction": predictions.get(cfg.get("prediction_type", "epsilon"), "eps"),
-    }
-    return out
+    return schedule, predictions.get(cfg.get("prediction_type", "epsilon"), "eps")
 
 
 def _role(hints: Mapping[str, Any], public: signatures.PublicCheckpoint | None, cond_channels: int, resolution: int | None) -> str | None:
@@ -326,8 +325,8 @@ def _role(hints: Mapping[str, Any], public: signatures.PublicCheckpoint | None, 
 def _checked_role(role: Any) -> str | None:
     if role in (None, "", "none", "None"):
         return None
-    if role not in ROLES:
-        raise CheckpointError(f"role {role!r} is not one of {ROLES}")
+    if role not in STAGE_NAMES:
+        raise CheckpointError(f"role {role!r} is not one of {STAGE_NAMES}")
     return str(role)
 
 

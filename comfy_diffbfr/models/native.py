@@ -21,13 +21,12 @@ from torch import nn
 from ..diffusion.schedules import SCHEDULE_KINDS, Schedule
 from ..errors import CheckpointError
 from ..files import write_atomic
+from ..vocabulary import PREDICTIONS, STAGE_NAMES
 from .checkpoint_io import NATIVE_BUFFER_PREFIX, NATIVE_VERSION_KEY, Checkpoint
 
 FORMAT_VERSION = 1
 ARCHS = ("sr3", "adm", "ddpm")
-ROLES = ("irm64", "irm256", "tem")
 CONDITION_SOURCES = ("lq", "prev")
-PREDICTIONS = ("eps", "x0", "v")
 _BETAS_KEY = NATIVE_BUFFER_PREFIX + "betas"
 
 
@@ -64,8 +63,8 @@ def save_model(
     """Write ``net`` and its description so that ``load_model(path)`` rebuilds it (format "diffbfr")."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    if role is not None and role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES} or None, got {role!r}")
+    if role is not None and role not in STAGE_NAMES:
+        raise ValueError(f"role must be one of {STAGE_NAMES} or None, got {role!r}")
     if any(c not in CONDITION_SOURCES for c in conditions):
         raise ValueError(f"conditions must come from {CONDITION_SOURCES}, got {conditions}")
     if prediction not in PREDICTIONS:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+from einops import rearrange
 import torch.nn.functional as F
 from torch import nn
 
@@ -238,11 +239,9 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
-        n = qkv.shape[-1]
-        if self.new_order:
-            q, k, v = qkv.reshape(b, 3, c, n).unbind(1)
-        else:
-            q, k, v = (t.reshape(b, c, n) for t in qkv.reshape(b, self.heads, 3, c // self.heads, n).unbind(2))
+        # new order: [q | k | v], each head-major; legacy order: per head [q_h | k_h | v_h]
+        layout = "b (qkv heads d) n -> qkv b (heads d) n" if self.new_order else "b (heads qkv d) n -> qkv b (heads d) n"
+        q, k, v = rearrange(qkv, layout, qkv=3, heads=self.heads)
         h = self.proj_out(spatial_attention(q, k, v, self.heads))
         return (x + h).reshape(b, c, *spatial)
 

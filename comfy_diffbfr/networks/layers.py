@@ -7,6 +7,7 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 
 def sinusoidal_embedding(
@@ -34,10 +35,8 @@ def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
 
     Each head takes a contiguous slice of C // heads channels, scale (C // heads) ** -0.5.
     """
-    b, c, n = q.shape
-    q, k, v = (x.reshape(b, heads, c // heads, n).transpose(-1, -2) for x in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
-    return out.transpose(-1, -2).reshape(b, c, n)
+    q, k, v = (rearrange(x, "b (heads d) n -> b heads n d", heads=heads) for x in (q, k, v))
+    return rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> b (heads d) n")
 
 
 def largest_dividing_group_count(channel_counts: Iterable[int], preferred: int = 32) -> int:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..networks.adm_unet import adm_config
+from ..vocabulary import STAGE_NAMES
 
-STAGES = ("irm64", "irm256", "tem")
 PRESETS = ("tiny", "small", "base", "large")
-PREDICTIONS = ("eps", "x0", "v")
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ _SHAPES: dict[str, dict[str, tuple[int, list[float], int, list[int]]]] = {
 def stage_config(stage: str, preset: str, prediction: str | None = None) -> dict[str, Any]:
     """The complete ADM UNet config of ``stage`` at ``preset`` (JSON-serialisable)."""
     if stage not in STAGE_INFO:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGE_NAMES}")
     if preset not in _SHAPES:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     info = STAGE_INFO[stage]
