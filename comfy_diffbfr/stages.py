@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .errors import DiffBFRError, InvalidParameterError, NoFaceError, WrongModelKindError
 from .host import interrupt
-from .host.device import autocast, intermediate_device
+from .host.device import FP32, ComputeMode, autocast, in_mode, intermediate_device, set_memory_format
 from .host.model_cache import ModelHandle
 from .host.progress import PreviewCallback, StageProgress
 
@@ -160,31 +160,33 @@ def run_stage(
             raise WrongModelKindError(f"{model.name!r} needs an unknown condition {source!r}")
     start = resize(x, size)
     device = model.prepare()
-    dtype = model.compute_dtype(device)
+    mode = model.compute_mode(device, tuple(start.shape[-2:]))
     cond = torch.cat(conds, dim=1).to(device) * 2 - 1 if conds else None
     start = start.to(device) * 2 - 1
 
-    def sample(dtype: torch.dtype) -> torch.Tensor:
+    def sample(mode: ComputeMode) -> torch.Tensor:
         progress = StageProgress(steps, stage.title, callback)
 
         def on_step(step: int, total: int, x0: torch.Tensor) -> None:
             progress.update(step, total, x0)
             interrupt.check_interrupt()
 
-        net = model.loaded if dtype == torch.float32 else _FiniteOutputs(model.loaded)
+        net = model.loaded if mode.dtype == torch.float32 else _FiniteOutputs(model.loaded)
+        set_memory_format(model.net, mode.channels_last)
         try:
-            with torch.no_grad(), autocast(device, dtype):
+            with torch.no_grad(), autocast(device, mode.dtype):
                 return truncated_sample(
-                    net, start, cond=cond, strength=strength, steps=steps, sampler=sampler, eta=eta,
+                    net, in_mode(start, mode), cond=None if cond is None else in_mode(cond, mode),
+                    strength=strength, steps=steps, sampler=sampler, eta=eta,
                     generators=generators(start.shape[0], seed, seed_mode, device), callback=on_step,
                 ).float()
         finally:
             progress.close()
 
     try:
-        out = sample(dtype)
+        out = sample(mode)
     except _NonFinite:
-        out = sample(torch.float32)  # half precision overflowed: redo this stage in float32
+        out = sample(FP32)  # half precision overflowed: redo this stage in float32
     out = ((out.to(intermediate_device()) + 1) / 2).clamp(0, 1)
     if stage.keeps_size and out.shape[-2:] != x.shape[-2:]:
         out = resize(out, x.shape[-2:])

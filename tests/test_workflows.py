@@ -137,3 +137,28 @@ def test_restore_keeps_the_workflows_colour_correction_unless_asked(tmp_path, mo
     assert main(["restore", photo, "-o", str(tmp_path), "--color-correction", "adain", "--color-strength", "0.5"]) == 0
     assert seen[0]["color_correction"] == own != "none"
     assert (seen[1]["color_correction"], seen[1]["strength"]) == ("adain", 0.5)
+
+
+def test_run_precision_overrides_every_model_loader(starter_models, tmp_path, monkeypatch, capsys):
+    from comfy_diffbfr.cli import main
+    from comfy_diffbfr.host.model_cache import ModelHandle
+    from comfy_diffbfr.workflow import runner
+
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    prompt = quick_prompt(REPO / "workflows" / "diffbfr_full.json")
+    loaders = [k for k, v in prompt.items() if v["class_type"] == runner.MODEL_LOADER]
+    assert len(loaders) == 3
+    for k in loaders:  # the saved workflow says fp32; the flag wins
+        prompt[k]["inputs"]["precision"] = "fp32"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(prompt))
+    used = []
+    original = ModelHandle.compute_mode
+    monkeypatch.setattr(ModelHandle, "compute_mode", lambda self, *a: used.append(self.precision) or original(self, *a))
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "--precision", "bf16"]) == 0
+    assert used == ["bf16"] * 3  # each of the three stages ran with the flag's precision
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "-o", str(tmp_path / "out"), "--precision", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+    with pytest.raises(runner.WorkflowError, match="--precision must be one of"):
+        runner.set_precision(prompt, "fp8")

@@ -9,8 +9,9 @@ HELP = "train an IRM 64, IRM 256 or TEM stage on a folder of aligned faces (torc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..host.device import PRECISIONS
     from ..training.presets import PREDICTIONS, PRESETS, STAGES
-    from ..training.trainer import PRECISIONS, TrainSettings
+    from ..training.trainer import TrainSettings
 
     d = TrainSettings.__dataclass_fields__
     parser.add_argument("--stage", required=True, choices=STAGES)

@@ -2,7 +2,8 @@
 
 Outside ComfyUI the folder for a kind is ``$COMFY_DIFFBFR_MODELS/<kind>`` when that variable is
 set, else ``~/.cache/comfy_diffbfr/<kind>``. The pack's own ``weights/`` folder is always searched
-for ``diffbfr`` models, so the starter weights are found everywhere.
+for ``diffbfr`` models, so the starter weights are found everywhere. Small per-machine records
+(the CPU precision measurements) go to ``cache_dir()``, inside and outside ComfyUI.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ def _comfy_folder_paths():
     return folder_paths
 
 
+def _user_cache() -> Path:
+    return Path.home() / ".cache" / "comfy_diffbfr"
+
+
+def cache_dir() -> Path:
+    """``$COMFY_DIFFBFR_CACHE`` when set, else ``~/.cache/comfy_diffbfr``."""
+    root = os.environ.get("COMFY_DIFFBFR_CACHE")
+    return Path(root) if root else _user_cache()
+
+
 def register_kind(kind: str) -> None:
     """Make ``models/<kind>`` known to ComfyUI (idempotent); a no-op outside ComfyUI."""
     fp = _comfy_folder_paths()
@@ -41,7 +52,7 @@ def model_dirs(kind: str) -> list[Path]:
         dirs = [Path(p) for p in fp.get_folder_paths(kind)]
     else:
         root = os.environ.get("COMFY_DIFFBFR_MODELS")
-        base = Path(root) if root else Path.home() / ".cache" / "comfy_diffbfr"
+        base = Path(root) if root else _user_cache()
         dirs = [base / kind]
     if kind == "diffbfr":
         dirs.append(PACK_WEIGHTS)

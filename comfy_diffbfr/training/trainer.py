@@ -31,12 +31,12 @@ from torch import nn
 
 from ..diffusion.schedules import SCHEDULE_KINDS, Schedule
 from ..errors import CheckpointError, DiffBFRError
+from ..host.device import PRECISIONS
 from ..networks.adm_unet import ADMUNet
 from .data import StagePairs, StreamBatches, load_face_folder
 from .degradation import DegradationConfig
 from .presets import PREDICTIONS, STAGE_INFO, stage_config
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Fraction of T the TEM trains on by default: it runs from strengths of about 0.1-0.3 only.
 TEM_T_MAX = 0.4
 #: Truncated-sampling strengths of the sample sheets (the pipeline's defaults are similar).
