@@ -62,7 +62,8 @@ def test_a_measurement_is_made_once_per_machine_and_network(tmp_path):
     assert timer.calls == 2
     machines = json.loads(path.read_text())["machines"]
     assert set(machines) == {"cpu A", "cpu B"} and set(machines["cpu A"]) == {"net1", "net2"}
-    assert machines["cpu A"]["net1"] == {"bf16": True, "fp32_ms": 100.0, "bf16_ms": 60.0}
+    assert machines["cpu A"]["net1"] == chooser.measurement("net1") == {"bf16": True, "fp32_ms": 100.0, "bf16_ms": 60.0}
+    assert chooser.measurement("net3") is None
     assert machines["cpu B"]["net1"]["bf16"] is False
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.json"]  # no temporary file left
 

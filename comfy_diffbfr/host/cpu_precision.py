@@ -116,6 +116,11 @@ class CpuPrecisionChooser:
             self._memory[key] = choice
             return choice
 
+    def measurement(self, network_key: str) -> dict[str, Any] | None:
+        """What the cache file records for this machine and network (``bf16``, ``fp32_ms``, ``bf16_ms``)."""
+        entry = self._read().get(self._machine(), {}).get(network_key)
+        return entry if isinstance(entry, dict) else None
+
     def _read(self) -> dict[str, Any]:
         """The cache file's machines; an absent, unreadable or malformed file counts as empty."""
         try:
