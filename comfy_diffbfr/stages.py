@@ -26,7 +26,7 @@ from . import params
 from .errors import DiffBFRError, InvalidParameterError, NoFaceError, NotEnoughMemoryError, WrongModelKindError
 from .faces.image_forms import as_image_batch
 from .host import interrupt
-from .host.device import autocast, intermediate_device
+from .host.device import FP32, ComputeMode, autocast, in_mode, intermediate_device, set_memory_format
 from .host.memory import free_memory, is_out_of_memory, release_cached_memory
 from .host.model_cache import ModelHandle
 from .host.progress import PreviewCallback, StageProgress
@@ -221,8 +221,8 @@ def run_stage(
     size = size or tuple(x.shape[-2:])  # a model without a native size runs at the input's size
     inputs = _inputs(stage, model, x, lq, reference, size, fidelity)
     device = model.prepare()
-    dtype = model.compute_dtype(device)
-    batch = max_batch or batch_size(model.net, tuple(inputs.start.shape[-2:]), dtype, device)
+    mode = model.compute_mode(device, tuple(inputs.start.shape[-2:]))
+    batch = max_batch or batch_size(model.net, tuple(inputs.start.shape[-2:]), mode.dtype, device)
     progress = StageProgress(steps, stage.title, callback)
     settings = dict(strength=strength, steps=steps, sampler=sampler, eta=eta, seed=seed, seed_mode=seed_mode,
                     fidelity=int(fidelity), fidelity_weight=float(fidelity_weight),
@@ -234,7 +234,7 @@ def run_stage(
             interrupt.check_interrupt()
 
         offsets = None if seed_offsets is None else list(seed_offsets)[start:stop]
-        return _sample(model, inputs, start, stop, device, dtype, first_face + start, offsets, on_step, settings)
+        return _sample(model, inputs, start, stop, device, mode, first_face + start, offsets, on_step, settings)
 
     try:
         out = _in_batches(x.shape[0], batch, rows, device, f"{stage.title} ({model.name})")
@@ -246,7 +246,7 @@ def run_stage(
     return out.movedim(1, -1).contiguous()
 
 
-def _sample(model: ModelHandle, inputs: _StageInputs, start: int, stop: int, device: torch.device, dtype: torch.dtype,
+def _sample(model: ModelHandle, inputs: _StageInputs, start: int, stop: int, device: torch.device, mode: ComputeMode,
             first: int, offsets: Optional[list[int]], on_step: Any, settings: dict) -> torch.Tensor:
     """Faces ``start:stop`` of the stage (float32, [-1, 1], on ``device``); redone in float32 when a
     reduced precision overflows."""
@@ -260,20 +260,21 @@ def _sample(model: ModelHandle, inputs: _StageInputs, start: int, stop: int, dev
         lock = LowBandLock(inputs.reference[start:stop].to(device), settings["fidelity"],
                            settings["fidelity_weight"], settings["fidelity_stop"])
 
-    def sample(dtype: torch.dtype) -> torch.Tensor:
-        net = model.loaded if dtype == torch.float32 else _FiniteOutputs(model.loaded)
-        with torch.no_grad(), autocast(device, dtype):
+    def sample(mode: ComputeMode) -> torch.Tensor:
+        net = model.loaded if mode.dtype == torch.float32 else _FiniteOutputs(model.loaded)
+        set_memory_format(model.net, mode.channels_last)
+        with torch.no_grad(), autocast(device, mode.dtype):
             return truncated_sample(
-                net, x, cond=cond, strength=settings["strength"],
+                net, in_mode(x, mode), cond=None if cond is None else in_mode(cond, mode), strength=settings["strength"],
                 steps=settings["steps"], sampler=settings["sampler"], eta=settings["eta"],
                 generators=generators(stop - start, settings["seed"], settings["seed_mode"], device, first, offsets),
                 callback=on_step, lock=lock,
             ).float()
 
     try:
-        return sample(dtype)
+        return sample(mode)
     except _NonFinite:
-        return sample(torch.float32)  # half precision overflowed: redo these faces in float32
+        return sample(FP32)  # half precision overflowed: redo these faces in float32
 
 
 def _in_batches(total: int, batch: int, rows: Any, device: torch.device, what: str) -> torch.Tensor:

@@ -62,3 +62,14 @@ def one_thread():
 def _isolated_model_folders(tmp_path_factory, monkeypatch):
     """Never read or write the user's real model cache from a test."""
     monkeypatch.setenv("COMFY_DIFFBFR_MODELS", str(tmp_path_factory.getbasetemp() / "models"))
+
+
+@pytest.fixture(autouse=True)
+def _float32_cpu_auto(tmp_path_factory, monkeypatch):
+    """Precision ``auto`` on the CPU is float32 in tests, as on a CPU without bf16 units: a measured
+    choice would make results depend on the machine. ``tests/test_cpu_precision.py`` tests the
+    choice itself. Its cache file never goes to the user's folder."""
+    from comfy_diffbfr.host import cpu_precision
+
+    monkeypatch.setenv("COMFY_DIFFBFR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setattr(cpu_precision, "CHOOSER", cpu_precision.CpuPrecisionChooser(has_units=lambda: False))

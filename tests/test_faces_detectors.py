@@ -192,3 +192,68 @@ def test_download_shows_its_progress_on_the_node(tmp_path, monkeypatch):
     weights._download(source.as_uri(), target)  # a file:// address: no network
     assert target.read_bytes() == payload
     assert seen == [("total", len(payload)), (1 << 20, len(payload)), (2 << 20, len(payload)), (len(payload), len(payload))]
+
+
+def test_the_detection_copy_limits_both_sides():
+    from comfy_diffbfr.faces.detect import detection_copy
+
+    photo = torch.rand(1024, 1536, 3)
+    small, scale = detection_copy(photo, 1280, 640)  # RetinaFace: the short side decides
+    assert small.shape == (640, 960, 3) and small.dtype == np.uint8
+    np.testing.assert_allclose(scale, [960 / 1536, 640 / 1024])
+    small, scale = detection_copy(photo, 1280)  # dlib: the long side
+    assert small.shape == (853, 1280, 3)
+    small, scale = detection_copy(torch.rand(600, 900, 3), 1280, 640)  # small enough: unchanged
+    assert small.shape == (600, 900, 3) and np.array_equal(scale, [1.0, 1.0])
+
+
+def test_retinaface_runs_on_the_reduced_copy_and_answers_in_photo_pixels(model_folder, no_network, monkeypatch):
+    """A photo twice the size of ``small`` (each pixel repeated 2x2): RetinaFace sees exactly
+    ``small``, and every box and landmark comes back as the detections on ``small`` mapped to the
+    photo's pixel centres (x_photo + 0.5 = 2 (x_small + 0.5))."""
+    import cv2
+
+    _random_retinaface("retinaface_mobilenet", model_folder)
+    from comfy_diffbfr.faces.detectors import RetinaFaceDetector
+
+    detector = get_detector("retinaface_mobilenet", "cpu")
+    assert detector.max_short_side == 640
+    # the same rule on a photo that is quick to detect in (each detect_faces call makes its own detector)
+    monkeypatch.setattr(RetinaFaceDetector, "max_short_side", 160)
+    rng = np.random.default_rng(5)
+    small = cv2.resize(rng.uniform(0, 255, (8, 9, 3)).astype(np.float32), (180, 160), interpolation=cv2.INTER_CUBIC)
+    small = small.clip(0, 255).round().astype(np.uint8)
+    photo = torch.from_numpy(small).float().div(255).repeat_interleave(2, 0).repeat_interleave(2, 1)[None]
+    seen = []
+    original = detector.detect
+    unbound = RetinaFaceDetector.detect
+
+    def recording(self, rgb, threshold):
+        seen.append(rgb.copy())
+        return unbound(self, rgb, threshold)
+
+    selection = Selection(score_threshold=0.0, max_count=4)  # random weights: every anchor is a candidate
+    monkeypatch.setattr(RetinaFaceDetector, "detect", recording)
+    fs = detect_faces(photo, detector="retinaface_mobilenet", selection=selection, crop_size=32)
+    assert len(seen) == 1 and np.array_equal(seen[0], small)
+    raws = original(small, 0.0)
+    kept = selection.apply(np.array([2 * r.box + 0.5 for r in raws]), np.array([r.score for r in raws]), (320, 360))
+    assert len(fs) == len(kept) == 4
+    for face, k in zip(fs.faces, kept):
+        np.testing.assert_allclose(face.box, 2 * raws[k].box + 0.5, atol=1e-6)
+        np.testing.assert_allclose(face.landmarks, 2 * raws[k].landmarks + 0.5, atol=1e-6)
+
+
+def test_dlib_on_an_enlarged_photo_finds_the_same_landmarks(faces_dir):
+    """dlib sees the 2x enlarged photo through a 1280 px copy: its landmarks, in the original's
+    pixels, are within 2 px of those found on the original (HOG boxes snap to pyramid scales, so
+    boxes only within 15% of their size)."""
+    pytest.importorskip("dlib")
+    photo = load_image(faces_dir / "whole" / "codeformer_02.png")  # 1204x645, four faces
+    big = torch.nn.functional.interpolate(photo.permute(0, 3, 1, 2), scale_factor=2, mode="bicubic", align_corners=False)
+    big = big.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+    ours, enlarged = (detect_faces(im, detector="dlib", crop_size=32) for im in (photo, big))
+    assert len(ours) == len(enlarged) == 4
+    for a, b in zip(ours.faces, enlarged.faces):
+        assert np.abs((b.landmarks + 0.5) / 2 - 0.5 - a.landmarks).max() < 2.0
+        assert np.abs((b.box + 0.5) / 2 - 0.5 - a.box).max() < 0.15 * (a.box[2] - a.box[0])

@@ -149,7 +149,7 @@ def test_round_trip_loads_real_weights() -> None:
     )
     torch.manual_seed(0)
     net = ADMUNet.from_config(config).eval()
-    inferred = SPEC.infer_config(net.state_dict(), {"num_heads": 2})
+    inferred = SPEC.infer_config(net.state_dict(), {"num_heads": 2, "variant": "guided"})
     assert inferred == config
     copy = SPEC.build(inferred).eval()
     copy.load_state_dict(net.state_dict(), strict=True)

@@ -215,3 +215,28 @@ def test_cli_restore_equals_the_node_chain(starter_models, tmp_path, monkeypatch
         cli = np.array(Image.open(tmp_path / "cli" / path.name))
         assert not np.array_equal(cli, np.array(Image.open(path)))
         assert np.array_equal(cli, to_uint8(chained[row])), path.name
+
+
+def test_run_precision_overrides_every_model_loader(starter_models, tmp_path, monkeypatch, capsys):
+    from comfy_diffbfr.cli import main
+    from comfy_diffbfr.host.model_cache import ModelHandle
+    from comfy_diffbfr.workflow import runner
+
+    monkeypatch.setenv("COMFY_DIFFBFR_OFFLINE", "1")
+    prompt = quick_prompt(REPO / "workflows" / "diffbfr_full.json")
+    loaders = [k for k, v in prompt.items() if v["class_type"] == runner.MODEL_LOADER]
+    assert len(loaders) == 3
+    for k in loaders:  # the saved workflow says fp32; the flag wins
+        prompt[k]["inputs"]["precision"] = "fp32"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(prompt))
+    used = []
+    original = ModelHandle.compute_mode
+    monkeypatch.setattr(ModelHandle, "compute_mode", lambda self, *a: used.append(self.precision) or original(self, *a))
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "--precision", "bf16"]) == 0
+    assert used == ["bf16"] * 3  # each of the three stages ran with the flag's precision
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "-o", str(tmp_path / "out"), "--precision", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+    with pytest.raises(runner.WorkflowError, match="--precision must be one of"):
+        runner.set_precision(prompt, "fp8")

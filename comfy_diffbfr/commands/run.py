@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .argtypes import output_folder
+from ..vocabulary import PRECISIONS
 
 HELP = "run a ComfyUI workflow (UI or API format) headless"
 
@@ -20,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override an input, e.g. --set 5.seed=7 (VALUE is JSON or a string)")
     parser.add_argument("--input-dir", type=Path, action="append", default=[], metavar="DIR",
                         help="folder where LoadImage looks for its image names (the pack's assets/ always)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="precision of every DiffBFR Model Loader, overriding the workflow's (auto: bf16 on "
+                             "GPUs that have it, and on CPUs with bf16 units where measured faster; else fp32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     workflow = load_workflow(args.workflow)
     input_dirs = [*args.input_dir, args.workflow.resolve().parent]
-    ctx = run_workflow(workflow, args.output, images=args.input, assignments=args.set, input_dirs=input_dirs)
+    ctx = run_workflow(workflow, args.output, images=args.input, assignments=args.set, input_dirs=input_dirs,
+                       precision=args.precision)
     for path in ctx.saved:
         print(path)
     return 0

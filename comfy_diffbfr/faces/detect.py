@@ -16,16 +16,16 @@ from .selection import Selection
 MIN_DETECTABLE = 16  # px: no detector finds a face in a smaller photo
 
 
-def detection_copy(image: torch.Tensor, max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 copy of ``image [H, W, C]`` scaled so its long side is at most ``max_side``, and the
-    scale ``(sx, sy)`` from photo to copy.
+def detection_copy(image: torch.Tensor, max_side: int, max_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 copy of ``image [H, W, C]`` scaled so its long side is at most ``max_side`` and its
+    short side at most ``max_short_side``, and the scale ``(sx, sy)`` from photo to copy.
 
     A big photo is first shrunk by an integer factor with area averaging, band by band, so it never
     gets a full-size copy; OpenCV's area resize then brings it to the exact size."""
     import cv2
 
     h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
+    scale = min(1.0, max_side / max(h, w), (max_short_side or min(h, w)) / min(h, w))
     if scale == 1.0:
         return to_uint8(image[..., :3]), np.ones(2)
     k = int(1.0 / scale)
@@ -89,7 +89,7 @@ def detect_faces(
             continue
         raws = []
         if min(h, w) >= MIN_DETECTABLE:
-            small, scale = detection_copy(image, det.max_side)
+            small, scale = detection_copy(image, det.max_side, det.max_short_side)
             threshold = det.default_threshold if selection.score_threshold is None else selection.score_threshold
             raws = det.detect(small, threshold)
         boxes = np.array([_to_photo(r.box.reshape(2, 2), scale).ravel() for r in raws]).reshape(-1, 4)

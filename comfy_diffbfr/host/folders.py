@@ -10,6 +10,9 @@ set, else ``~/.cache/comfy_diffbfr/<kind>``. ``diffbfr`` models are then looked 
    weights``, pyproject's ``data-files``; a ``--user`` install's prefix is the user base).
 
 So the starter weights are found however the pack or the library was installed.
+
+Small per-machine records (the CPU precision measurements) go to ``cache_dir()``, inside and
+outside ComfyUI.
 """
 
 from __future__ import annotations
@@ -52,6 +55,16 @@ def inside_comfyui() -> bool:
     return _comfy_folder_paths() is not None
 
 
+def _user_cache() -> Path:
+    return Path.home() / ".cache" / "comfy_diffbfr"
+
+
+def cache_dir() -> Path:
+    """``$COMFY_DIFFBFR_CACHE`` when set, else ``~/.cache/comfy_diffbfr``."""
+    root = os.environ.get("COMFY_DIFFBFR_CACHE")
+    return Path(root) if root else _user_cache()
+
+
 def register_kind(kind: str) -> None:
     """Make ``models/<kind>`` known to ComfyUI (idempotent); a no-op outside ComfyUI."""
     fp = _comfy_folder_paths()
@@ -68,7 +81,7 @@ def model_dirs(kind: str) -> list[Path]:
         dirs = [Path(p) for p in fp.get_folder_paths(kind)]
     else:
         root = os.environ.get("COMFY_DIFFBFR_MODELS")
-        base = Path(root) if root else Path.home() / ".cache" / "comfy_diffbfr"
+        base = Path(root) if root else _user_cache()
         dirs = [base / kind]
     if kind == "diffbfr" and PACK_WEIGHTS is not None:
         dirs.append(PACK_WEIGHTS)

@@ -13,6 +13,7 @@ leaves nothing half-loaded behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -23,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from . import cpu_precision
 from . import device as devices
 
 # three stage models, the face detector and the face parser, plus one
@@ -46,8 +48,33 @@ class ModelHandle:
         """Make the network resident on the compute device; returns that device."""
         return make_resident(self.net, self.patcher)
 
-    def compute_dtype(self, device: torch.device) -> torch.dtype:
-        return devices.resolve_dtype(self.precision, device)
+    def compute_mode(self, device: torch.device, size: tuple[int, int]) -> devices.ComputeMode:
+        """How to run the network at ``size`` (H, W) on ``device`` for this handle's precision; on
+        the CPU ``auto`` may time a few forwards the first time this machine sees the network."""
+        def prefers_bf16() -> bool:
+            return cpu_precision.CHOOSER.prefers_bf16(self.network_key(size), self._probe(device, size))
+
+        return devices.resolve_mode(self.precision, device, cpu_prefers_bf16=prefers_bf16)
+
+    def network_key(self, size: tuple[int, int]) -> str:
+        """Identifies the network's structure (not its weights) and the input size."""
+        text = json.dumps({"arch": self.loaded.arch, "config": self.loaded.config, "size": list(size)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _probe(self, device: torch.device, size: tuple[int, int]) -> cpu_precision.Forward:
+        """One forward on a dummy batch of one at ``size``, in bf16 + channels_last or float32."""
+        loaded = self.loaded
+        x = torch.zeros(1, loaded.in_channels - loaded.cond_channels, *size, device=device)
+        cond = torch.zeros(1, loaded.cond_channels, *size, device=device) if loaded.cond_channels else None
+        tau = torch.full((1,), loaded.schedule.num_timesteps / 2, dtype=torch.float64)
+
+        def forward(bf16: bool) -> None:
+            mode = devices.CPU_BF16 if bf16 else devices.FP32
+            devices.set_memory_format(self.net, mode.channels_last)
+            with torch.no_grad(), devices.autocast(device, mode.dtype):
+                loaded.predict(devices.in_mode(x, mode), tau, None if cond is None else devices.in_mode(cond, mode))
+
+        return forward
 
 
 @dataclass(eq=False)
@@ -135,7 +162,9 @@ CACHE = ModelCache()
 
 
 def load_cached(path: Path, name: str, *, hints: Mapping[str, Any] | None = None, precision: str = "auto") -> ModelHandle:
-    """A handle on the shared module for ``path``: the same file twice gives the same module."""
+    """Load a model with a precision (one of ``device.PRECISIONS``): a handle on the shared module
+    for ``path`` (the same file twice gives the same module). The precision is applied where the
+    stages run the network (``ModelHandle.compute_mode``)."""
     if precision not in devices.PRECISIONS:
         raise ValueError(f"precision must be one of {devices.PRECISIONS}, got {precision!r}")
     loaded, patcher = CACHE.get(path, hints)

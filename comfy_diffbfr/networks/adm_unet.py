@@ -5,9 +5,11 @@ Module and parameter names equal the reference's, so their state dicts load with
 One class covers the reference ``UNetModel`` and ``SuperResModel`` and DifFace's variant:
 
 - ``num_res_blocks`` per level (DifFace) or one int for all levels;
-- attention placement as one boolean per level (``attention_levels``): the references' ``image_size``
-  / ``attention_resolutions`` conventions (downsample factors in guided/improved, absolute sizes in
-  DifFace) are resolved when the config is inferred (``models/formats/adm.py``);
+- attention placement as one boolean per level (``attention_levels``, and ``attention_levels_up``
+  for the up path): the references' ``image_size`` / ``attention_resolutions`` conventions
+  (downsample factors in guided/improved, absolute sizes in DifFace) are resolved when the config is
+  inferred (``models/formats/adm.py``). The two paths differ only in DifFace when an odd feature size
+  is halved (its down path floors ``ds //= 2``, its up path doubles the deepest ``ds``);
 - DifFace builds its up-path attention with one head but ``num_head_channels``: that is
   ``num_heads_upsample=1`` here;
 - super-resolution (``super_res``): ``low_res`` is bilinearly resized to x's size and concatenated
@@ -34,7 +36,8 @@ from .layers import sinusoidal_embedding, spatial_attention
 #: level; a head count of -1 means "not used" as in the reference (``num_head_channels=-1``: use
 #: ``num_heads``; ``num_heads_upsample=-1``: same as ``num_heads``); ``learn_sigma`` says the output
 #: holds eps and the variance values (2x the image channels); ``attention_levels=None`` means
-#: attention only in the middle block; ``image_size`` is the native
+#: attention only in the middle block; ``attention_levels_up=None`` means the up path mirrors
+#: ``attention_levels`` (every reference layout except DifFace's odd sizes); ``image_size`` is the native
 #: resolution if known (informational: the network is fully convolutional).
 DEFAULT_CONFIG: dict[str, Any] = {
     "in_channels": 3,
@@ -43,6 +46,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "channel_mult": [1, 1, 2, 2, 4, 4],
     "num_res_blocks": 2,
     "attention_levels": None,
+    "attention_levels_up": None,
     "dropout": 0.0,
     "conv_resample": True,
     "num_classes": None,
@@ -76,9 +80,12 @@ def adm_config(**overrides: Any) -> dict[str, Any]:
     cfg["num_res_blocks"] = [int(nrb)] * levels if isinstance(nrb, int) else [int(n) for n in nrb]
     att = cfg["attention_levels"]
     cfg["attention_levels"] = [False] * levels if att is None else list(att)
-    if not all(isinstance(a, bool) for a in cfg["attention_levels"]):
-        raise ValueError(f"attention_levels must be one boolean per level, got {cfg['attention_levels']}")
-    for key in ("num_res_blocks", "attention_levels"):
+    up = cfg["attention_levels_up"]
+    cfg["attention_levels_up"] = list(cfg["attention_levels"]) if up is None else list(up)
+    for key in ("attention_levels", "attention_levels_up"):
+        if not all(isinstance(a, bool) for a in cfg[key]):
+            raise ValueError(f"{key} must be one boolean per level, got {cfg[key]}")
+    for key in ("num_res_blocks", "attention_levels", "attention_levels_up"):
         if len(cfg[key]) != levels:
             raise ValueError(f"{key} has {len(cfg[key])} entries but channel_mult has {levels} levels")
     if min(cfg["num_res_blocks"]) < 1:
@@ -96,9 +103,10 @@ def adm_config(**overrides: Any) -> dict[str, Any]:
     if any(ch % cfg["norm_groups"] for ch in level_ch):
         raise ValueError(f"level widths {level_ch} must all be multiples of norm_groups={cfg['norm_groups']}")
     nhc = cfg["num_head_channels"]
-    # Attention runs at the flagged levels (down and up paths) and in the middle block.
-    flagged = [c for c, a in zip(level_ch, cfg["attention_levels"]) if a]
-    uses = [(c, False) for c in [*flagged, level_ch[-1]]] + [(c, True) for c in flagged]
+    # Attention runs at the flagged levels of each path and in the middle block.
+    down = [c for c, a in zip(level_ch, cfg["attention_levels"]) if a]
+    up = [c for c, a in zip(level_ch, cfg["attention_levels_up"]) if a]
+    uses = [(c, False) for c in [*down, level_ch[-1]]] + [(c, True) for c in up]
     for ch, upsample in uses:
         heads = _heads(cfg, ch, upsample=upsample)
         if heads < 1 or ch % heads or (nhc != -1 and ch % nhc):
@@ -303,7 +311,7 @@ class ADMUNet(nn.Module):
             for i in range(cfg["num_res_blocks"][level] + 1):
                 layers = [res(ch + skip_ch.pop(), out_ch)]
                 ch = out_ch
-                if cfg["attention_levels"][level]:
+                if cfg["attention_levels_up"][level]:
                     layers.append(attn(ch, upsample=True))
                 if level and i == cfg["num_res_blocks"][level]:
                     layers.append(res(ch, ch, up=True) if cfg["resblock_updown"] else Upsample(ch, cfg["conv_resample"]))

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from ..errors import WorkflowError
+from ..host.device import PRECISIONS
 from ..host.folders import PACK_ROOT
 from .core_nodes import CORE_NODES, RunContext, make_folder
 from .ui_format import is_ui_format, to_api
@@ -121,6 +122,19 @@ def set_input(prompt: dict, assignment: str) -> None:
     if not isinstance(inputs, dict):
         raise WorkflowError(f"--set {assignment!r}: node {node_id} has no 'inputs' object")
     inputs[name] = value
+
+
+#: the pack's model loader node, whose ``precision`` input ``set_precision`` overrides
+MODEL_LOADER = "DiffBFRModelLoader"
+
+
+def set_precision(prompt: dict, precision: str) -> None:
+    """Set the ``precision`` input of every model loader node (one of ``device.PRECISIONS``)."""
+    if precision not in PRECISIONS:
+        raise WorkflowError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    for node in prompt.values():
+        if node["class_type"] == MODEL_LOADER and isinstance(node.get("inputs"), dict):
+            node["inputs"]["precision"] = precision
 
 
 def set_images(prompt: dict, files: Sequence[Path]) -> None:
@@ -327,13 +341,17 @@ def run_workflow(
     images: Sequence[Path] = (),
     assignments: Sequence[str] = (),
     input_dirs: Sequence[Path] = (),
+    precision: Optional[str] = None,
 ) -> RunContext:
-    """Run a workflow (UI or API format); returns the context with the list of saved files."""
+    """Run a workflow (UI or API format); returns the context with the list of saved files.
+    ``precision`` overrides the workflow's value in every model loader (after ``assignments``)."""
     classes = node_classes()
     prompt = to_prompt(workflow, classes)
     set_images(prompt, images)
     for assignment in assignments:
         set_input(prompt, assignment)
+    if precision is not None:
+        set_precision(prompt, precision)
     ctx = RunContext(output_dir=Path(output_dir), input_dirs=[Path(d) for d in input_dirs] + [ASSETS_DIR])
     make_folder(ctx.output_dir)
     extra = {"workflow": dict(workflow)} if is_ui_format(workflow) else None

@@ -3,7 +3,8 @@
 The structure is read from key names and shapes only (the dict may live on the meta device):
 levels and res blocks per level from the output blocks (a level ends at the block that carries an
 upsampler; with parameter-free resampling, from the gaps the pooling layers leave among the input
-blocks), channel multipliers from the ResBlock widths, attention levels from ``qkv`` keys,
+blocks), channel multipliers from the ResBlock widths, attention levels of each path from ``qkv``
+keys (DifFace's down and up paths can differ, see :func:`difface_attention_levels`),
 ``resblock_updown`` from ResBlock upsamplers, scale-shift from the width of ``emb_layers``,
 ``label_emb`` for class conditioning. The image is taken to be RGB when the output has 3 or 6
 channels, so a 6-channel output is eps + learned variance and a 6-channel input is x + ``low_res``
@@ -11,11 +12,13 @@ channels, so a 6-channel output is eps + learned variance and a 6-channel input 
 
 What the weights cannot reveal comes from hints (the loader supplies them for recognised public
 files): ``num_heads``, ``num_head_channels``, ``num_heads_upsample``, ``use_new_attention_order``,
-``dropout``, ``norm_groups`` (32 in every reference) and ``variant``: ``"guided"`` (default),
+``dropout``, ``norm_groups`` (32 in every reference) and ``variant``: ``"guided"``,
 ``"improved"`` (no head width, up/down ResBlocks or new attention order) or ``"difface"`` (up-path
 attention built with one head, i.e. ``num_heads_upsample=1``; ``attention_resolutions`` in
-absolute pixels). Without head hints the reference constructor's own defaults apply:
-``num_heads=1``, ``num_head_channels=-1``.
+absolute pixels). Without a variant (or ``num_heads_upsample``) hint it is ``"difface"`` when the
+weights show a layout only DifFace builds (res-block counts that differ between levels, or attention
+placed differently on the two paths) and ``"guided"`` otherwise. Without head hints the reference
+constructor's own defaults apply: ``num_heads=1``, ``num_head_channels=-1``.
 
 The other reference constructor arguments are accepted as hints and checked against the weights:
 ``image_size`` (also recorded as the native resolution), ``attention_resolutions`` (downsample
@@ -109,6 +112,26 @@ def _levels(state_dict: StateDict) -> tuple[list[list[int]], bool, bool]:
     return groups, False, not gaps
 
 
+def difface_attention_levels(image_size: int, levels: int, resolutions: list[int]) -> tuple[list[bool], list[bool]]:
+    """Which levels of each path DifFace's ``UNetModel`` gives attention: ``ds`` starts at
+    ``image_size`` and is floor-halved after every level but the last on the way down, then doubled
+    at every upsampler on the way up; a level has attention where its ``ds`` is in ``resolutions``.
+    For sizes whose halvings stay even (every public file) both paths agree."""
+    down = [image_size]
+    for _ in range(levels - 1):
+        down.append(down[-1] // 2)
+    up = [down[-1] * 2 ** (levels - 1 - level) for level in range(levels)]
+    wanted = set(resolutions)
+    return [ds in wanted for ds in down], [ds in wanted for ds in up]
+
+
+def _level_attention(layout: dict[int, dict[int, str]], blocks: list[int], path: str, level: int) -> bool:
+    flags = {"attn" in layout.get(i, {}).values() for i in blocks}
+    if len(flags) != 1:
+        raise CheckpointError(f"ADM UNet checkpoint: the {path} blocks of level {level} disagree on attention")
+    return flags.pop()
+
+
 def _detect(state_dict: StateDict) -> dict[str, Any]:
     """Everything the weights reveal, as config entries."""
     mc = _shape(state_dict, "time_embed.0.weight")[1]
@@ -116,19 +139,22 @@ def _detect(state_dict: StateDict) -> dict[str, Any]:
     out_ch = _shape(state_dict, "out.2.weight")[0]
     groups, updown, conv_resample = _levels(state_dict)
     out_layout = _block_layout(state_dict, "output_blocks")
-    channel_mult, nrb, attention = [], [], []
+    in_layout = _block_layout(state_dict, "input_blocks")
+    channel_mult, nrb, attention, attention_up = [], [], [], []
+    first = 1  # input block of the level's first ResBlock (after the stem)
     for level, blocks in enumerate(groups):
         if len(blocks) < 2:
             raise CheckpointError(f"ADM UNet checkpoint: level {level} has no ResBlock on the input side")
         widths = {_shape(state_dict, f"output_blocks.{i}.0.in_layers.2.weight")[0] for i in blocks}
-        has_attn = {"attn" in out_layout[i].values() for i in blocks}
-        if len(widths) != 1 or len(has_attn) != 1:
-            raise CheckpointError(f"ADM UNet checkpoint: the blocks of level {level} disagree in width or attention")
+        if len(widths) != 1:
+            raise CheckpointError(f"ADM UNet checkpoint: the blocks of level {level} disagree in width")
         width = widths.pop()
         mult = width / mc
         channel_mult.append(int(mult) if mult.is_integer() else mult)
         nrb.append(len(blocks) - 1)
-        attention.append(has_attn.pop())
+        attention_up.append(_level_attention(out_layout, blocks, "output", level))
+        attention.append(_level_attention(in_layout, list(range(first, first + nrb[-1])), "input", level))
+        first += nrb[-1] + 1  # the level's ResBlocks, then its downsampler
     emb_width = _shape(state_dict, "middle_block.0.emb_layers.1.weight")[0]
     mid_width = _shape(state_dict, "middle_block.0.out_layers.3.weight")[0]
     if out_ch in (3, 6):
@@ -145,6 +171,7 @@ def _detect(state_dict: StateDict) -> dict[str, Any]:
         "channel_mult": channel_mult,
         "num_res_blocks": nrb,
         "attention_levels": attention,
+        "attention_levels_up": attention_up,
         "conv_resample": conv_resample,
         "num_classes": _shape(state_dict, label)[0] if label in state_dict else None,
         "use_scale_shift_norm": emb_width == 2 * mid_width,
@@ -219,10 +246,18 @@ def _typed_hints(hints: Mapping[str, Any]) -> dict[str, Any]:
     return typed
 
 
+def _implied_variant(cfg: Mapping[str, Any]) -> str:
+    """guided and improved-diffusion take one res-block count and mirror their attention; only
+    DifFace builds anything else, and then its up-path head rule applies."""
+    only_difface = len(set(cfg["num_res_blocks"])) > 1 or cfg["attention_levels"] != cfg["attention_levels_up"]
+    return "difface" if only_difface else "guided"
+
+
 def _apply_hints(cfg: dict[str, Any], raw_hints: Mapping[str, Any]) -> None:
     """Set what only hints can say; check the rest against the weights. Raises CheckpointError."""
     hints = _typed_hints(raw_hints)
-    variant = hints.get("variant", "guided")
+    # An up-path head count given outright is the guided rule; otherwise the layout may say DifFace.
+    variant = hints.get("variant") or ("guided" if "num_heads_upsample" in hints else _implied_variant(cfg))
 
     def contradiction(name: str, weights_say: Any) -> CheckpointError:
         return CheckpointError(
@@ -273,16 +308,19 @@ def _apply_hints(cfg: dict[str, Any], raw_hints: Mapping[str, Any]) -> None:
     if "image_size" in hints:
         cfg["image_size"] = hints["image_size"]
     if "attention_resolutions" in hints:
-        levels = range(len(cfg["channel_mult"]))
+        levels, wanted = len(cfg["channel_mult"]), hints["attention_resolutions"]
         if variant == "difface":
             if cfg["image_size"] is None:
                 raise CheckpointError("ADM hint attention_resolutions of variant 'difface' are absolute sizes: give image_size too")
-            scales = [cfg["image_size"] // 2**level for level in levels]
-        else:
-            scales = [2**level for level in levels]
-        wanted = set(hints["attention_resolutions"])
-        if [s in wanted for s in scales] != cfg["attention_levels"]:
-            raise contradiction("attention_resolutions", f"attention at levels {cfg['attention_levels']} (scales {scales})")
+            expected = difface_attention_levels(cfg["image_size"], levels, wanted)
+        else:  # downsample factors 1, 2, 4, ... on both paths
+            flags = [2**level in wanted for level in range(levels)]
+            expected = (flags, flags)
+        if expected != (cfg["attention_levels"], cfg["attention_levels_up"]):
+            raise contradiction(
+                "attention_resolutions",
+                f"attention at levels {cfg['attention_levels']} (down) / {cfg['attention_levels_up']} (up)",
+            )
 
 
 def _check_shapes(net: nn.Module, state_dict: StateDict) -> None:
