@@ -35,7 +35,7 @@ from .faces import Selection, detect_faces, paste_back
 from .faces.face_set import FaceSet, ImageBatch, as_image_list
 from .host import folders
 from .host.model_cache import ModelHandle, load_cached
-from .host.progress import PreviewCallback
+from .host.progress import PreviewCallback, overall
 from .vocabulary import STAGE_NAMES, ColorCorrection, Precision, StageName
 
 #: The starter weights' file names in the ``diffbfr`` model folders (what ``train_starter.sh`` exports).
@@ -154,10 +154,11 @@ def restore_crops(crops: torch.Tensor, stages: Sequence[Stage], *, first_face: i
     restored crops ``[N, s, s, 3]`` (s = the last stage's size). Row i is face ``first_face + i`` of
     the run and uses its stage's seed + that number."""
     x = crops
-    for stage in stages:
-        lq = crops if stage.spec.conditional else None  # TEM's lock keeps its own input
-        x = stage_fns.run_stage(stage.spec, stage.model, x, lq=lq, first_face=first_face, callback=callback,
-                                **stage.settings.as_kwargs())
+    with overall(len(stages)):  # in ComfyUI one bar across the stages
+        for stage in stages:
+            lq = crops if stage.spec.conditional else None  # TEM's lock keeps its own input
+            x = stage_fns.run_stage(stage.spec, stage.model, x, lq=lq, first_face=first_face, callback=callback,
+                                    **stage.settings.as_kwargs())
     return x
 
 

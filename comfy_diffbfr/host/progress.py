@@ -1,15 +1,18 @@
 """Per-step progress with a preview of the current x0 estimate.
 
-Inside ComfyUI: ``comfy.utils.ProgressBar`` with a JPEG preview (its hook also honours Cancel).
-Outside: an optional callback ``(step, total, preview IMAGE)``, else a tqdm bar when tqdm is
+Inside ComfyUI: ``comfy.utils.ProgressBar`` with a JPEG preview (its hook also honours Cancel);
+within ``overall(stages)`` (the pipeline: DiffBFR Restore) the stages share one bar that runs
+from 0 to 100 % across all of them instead of restarting at each stage. Outside: an optional callback ``(step, total, preview IMAGE)``, else a tqdm bar when tqdm is
 installed and ``COMFY_DIFFBFR_PROGRESS`` is not ``0``, else nothing. ``ByteProgress`` does the same
 for a download, without previews.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -29,6 +32,40 @@ def _to_pil(image: torch.Tensor):
     return Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))
 
 
+class OverallProgress:
+    """One ComfyUI bar over ``stages`` stages: step s of n in stage k shows as (k + s / n) / stages."""
+
+    RESOLUTION = 1000  # bar units per stage
+
+    def __init__(self, stages: int, bar) -> None:
+        self.stages, self.bar, self.stage = max(int(stages), 1), bar, -1
+
+    def next_stage(self) -> None:
+        self.stage = min(self.stage + 1, self.stages - 1)
+
+    def update(self, step: int, total: int, preview) -> None:
+        done = round((self.stage + step / max(total, 1)) * self.RESOLUTION)
+        self.bar.update_absolute(done, self.stages * self.RESOLUTION, preview)
+
+
+_OVERALL: contextvars.ContextVar[Optional[OverallProgress]] = contextvars.ContextVar("diffbfr_overall", default=None)
+
+
+@contextlib.contextmanager
+def overall(stages: int) -> Iterator[None]:
+    """Inside ComfyUI, the stages run in this block share one progress bar; elsewhere nothing changes."""
+    try:
+        import comfy.utils  # ComfyUI's module; absent outside ComfyUI
+    except ImportError:
+        yield
+        return
+    token = _OVERALL.set(OverallProgress(stages, comfy.utils.ProgressBar(max(int(stages), 1) * OverallProgress.RESOLUTION)))
+    try:
+        yield
+    finally:
+        _OVERALL.reset(token)
+
+
 class StageProgress:
     """Reports each sampling step of one stage."""
 
@@ -37,7 +74,10 @@ class StageProgress:
         self.callback = callback
         self._comfy_bar = None
         self._tqdm = None
-        if callback is None:
+        self._overall = _OVERALL.get() if callback is None else None
+        if self._overall is not None:
+            self._overall.next_stage()
+        elif callback is None:
             try:
                 import comfy.utils  # ComfyUI's module; absent outside ComfyUI
 
@@ -50,6 +90,8 @@ class StageProgress:
         self.total = total
         if self.callback is not None:
             self.callback(step, self.total, preview_image(x0))
+        elif self._overall is not None:
+            self._overall.update(step, total, ("JPEG", _to_pil(preview_image(x0)), PREVIEW_MAX_SIZE))
         elif self._comfy_bar is not None:
             preview = ("JPEG", _to_pil(preview_image(x0)), PREVIEW_MAX_SIZE)
             self._comfy_bar.update_absolute(step, self.total, preview)
