@@ -26,9 +26,9 @@ class Timer:
         self.result = (fp32_ms, bf16_ms)
         self.calls = 0
 
-    def __call__(self, forward) -> tuple[float, float]:
+    def __call__(self, forward) -> cpu_precision.Timing:
         self.calls += 1
-        return self.result
+        return cpu_precision.Timing(*self.result, self.result[1] / self.result[0])
 
 
 def _never(_bf16: bool) -> None:
@@ -62,7 +62,7 @@ def test_a_measurement_is_made_once_per_machine_and_network(tmp_path):
     assert timer.calls == 2
     machines = json.loads(path.read_text())["machines"]
     assert set(machines) == {"cpu A", "cpu B"} and set(machines["cpu A"]) == {"net1", "net2"}
-    assert machines["cpu A"]["net1"] == chooser.measurement("net1") == {"bf16": True, "fp32_ms": 100.0, "bf16_ms": 60.0}
+    assert machines["cpu A"]["net1"] == chooser.measurement("net1") == {"bf16": True, "fp32_ms": 100.0, "bf16_ms": 60.0, "ratio": 0.6}
     assert chooser.measurement("net3") is None
     assert machines["cpu B"]["net1"]["bf16"] is False
     assert sorted(p.name for p in path.parent.iterdir()) == ["c.json"]  # no temporary file left
@@ -87,17 +87,27 @@ def test_an_unwritable_cache_folder_still_decides(tmp_path):
     assert timer.calls == 1
 
 
-def test_measure_alternates_and_takes_the_fastest():
-    calls = []
-    ticks = iter(range(0, 10**6, 1))
+def test_measure_alternates_and_decides_by_the_median_ratio_of_rounds():
+    """Another process slows one float32 forward 5x: the median of the rounds' ratios ignores it."""
+    calls: list[bool] = []
+    now = [0.0]
 
     def forward(bf16: bool) -> None:
         calls.append(bf16)
+        burst = 5 if len(calls) == 3 else 1  # the first round's second forward
+        now[0] += (0.05 if bf16 else 0.1) * burst
 
-    fp32_ms, bf16_ms = cpu_precision.measure(forward, clock=lambda: next(ticks) / 1000.0)
-    assert calls[0] is True  # the bf16 warm-up
-    assert calls[1:] == [False, True] * (len(calls[1:]) // 2) and 1 <= len(calls[1:]) // 2 <= cpu_precision.MAX_ROUNDS
-    assert fp32_ms > 0 and bf16_ms > 0
+    timing = cpu_precision.measure(forward, clock=lambda: now[0])
+    assert calls == [True, False, True, True, False, False, True]  # warm-up, then ABBA rounds
+    assert timing.ratio == pytest.approx(0.5) and timing.fp32_ms == pytest.approx(100.0)
+    calls.clear()
+
+    def slow_forward(bf16: bool) -> None:  # one round is past the budget: it is the only one
+        calls.append(bf16)
+        now[0] += cpu_precision.BUDGET_S
+
+    assert cpu_precision.measure(slow_forward, clock=lambda: now[0]).ratio == pytest.approx(1.0)
+    assert len(calls) == 3
 
 
 def test_resolve_mode_on_the_cpu():
@@ -118,7 +128,7 @@ def test_auto_on_the_cpu_times_the_real_network_at_the_stage_size(tmp_path, monk
         forward(False)
         forward(True)  # both modes run the network without error
         seen.append(forward)
-        return 100.0, 50.0
+        return cpu_precision.Timing(100.0, 50.0, 0.5)
 
     chooser = CpuPrecisionChooser(tmp_path / "c.json", has_units=lambda: True, timer=timer)
     monkeypatch.setattr(cpu_precision, "CHOOSER", chooser)

@@ -5,7 +5,7 @@ others (e.g. AVX2-only machines) it is many times slower than float32. Even with
 gain depends on the network and the input size (small networks at 64 px can lose). So the choice
 is: no bf16 units -> float32, without measuring; else a short timed check of the actual network
 on a dummy input of the stage's working size, float32 vs bf16 autocast + channels_last, and bf16
-only when it is clearly faster. The result is remembered per machine (CPU model, torch version,
+only when it is clearly faster (see ``measure``). The result is remembered per machine (CPU model, torch version,
 thread count) and network (a hash of its config and the size), in memory and in a small JSON file
 in the user cache folder (``folders.cache_dir()``), so each machine measures a network once.
 """
@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -28,9 +29,10 @@ from . import folders
 CACHE_NAME = "cpu_precision.json"
 #: bf16 must take at most this fraction of the float32 time: it costs some accuracy
 MARGIN = 0.9
-#: timed rounds (one float32 and one bf16 forward each) stop after this many seconds, and at most
-#: MAX_ROUNDS; there is always one round after the bf16 warm-up
-BUDGET_S = 1.0
+#: timed rounds (a float32 and a bf16 forward back to back, in alternating order) after the bf16
+#: warm-up: MAX_ROUNDS, or fewer (at least one) once BUDGET_S seconds have passed; the starter
+#: networks get all three at about 0.7 s (IRM 64) to 2 s (IRM 256, TEM) per network
+BUDGET_S = 1.5
 MAX_ROUNDS = 3
 
 #: runs one forward of the network on the probe input, in bf16 (True) or float32 (False)
@@ -59,20 +61,28 @@ def machine_id() -> str:
     return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def measure(forward: Forward, clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
-    """(float32 ms, bf16 ms): the fastest of a few alternating forwards, after a bf16 warm-up (its
-    first call builds the oneDNN kernels)."""
+class Timing(NamedTuple):
+    fp32_ms: float  # median over the rounds
+    bf16_ms: float  # median over the rounds
+    ratio: float  # median over the rounds of bf16 / fp32 time within a round
+
+
+def measure(forward: Forward, clock: Callable[[], float] = time.perf_counter) -> Timing:
+    """Time float32 against bf16 after a bf16 warm-up (its first call builds the oneDNN kernels).
+    Each round runs both back to back (ABBA order), and the decision uses the median of the rounds'
+    ratios: load from other processes that slows a whole round leaves its ratio nearly intact."""
     forward(True)
-    best = {False: float("inf"), True: float("inf")}
+    times: dict[bool, list[float]] = {False: [], True: []}
     deadline = clock() + BUDGET_S
-    for _ in range(MAX_ROUNDS):
-        for bf16 in (False, True):
+    for round_ in range(MAX_ROUNDS):
+        for bf16 in ((False, True) if round_ % 2 == 0 else (True, False)):
             start = clock()
             forward(bf16)
-            best[bf16] = min(best[bf16], (clock() - start) * 1000.0)
+            times[bf16].append((clock() - start) * 1000.0)
         if clock() > deadline:
             break
-    return best[False], best[True]
+    ratios = [b / f for f, b in zip(times[False], times[True])]
+    return Timing(statistics.median(times[False]), statistics.median(times[True]), statistics.median(ratios))
 
 
 class CpuPrecisionChooser:
@@ -85,7 +95,7 @@ class CpuPrecisionChooser:
         *,
         has_units: Callable[[], bool] = has_bf16_units,
         machine: Callable[[], str] = machine_id,
-        timer: Callable[[Forward], tuple[float, float]] = measure,
+        timer: Callable[[Forward], Timing] = measure,
     ) -> None:
         self._cache_file = cache_file
         self._has_units = has_units
@@ -110,14 +120,15 @@ class CpuPrecisionChooser:
             if isinstance(entry, dict) and isinstance(entry.get("bf16"), bool):
                 choice = entry["bf16"]
             else:
-                fp32_ms, bf16_ms = self._timer(forward)
-                choice = bf16_ms < MARGIN * fp32_ms
-                self._write(key, {"bf16": choice, "fp32_ms": round(fp32_ms, 2), "bf16_ms": round(bf16_ms, 2)})
+                timing = self._timer(forward)
+                choice = timing.ratio < MARGIN
+                self._write(key, {"bf16": choice, "fp32_ms": round(timing.fp32_ms, 2),
+                                  "bf16_ms": round(timing.bf16_ms, 2), "ratio": round(timing.ratio, 3)})
             self._memory[key] = choice
             return choice
 
     def measurement(self, network_key: str) -> dict[str, Any] | None:
-        """What the cache file records for this machine and network (``bf16``, ``fp32_ms``, ``bf16_ms``)."""
+        """What the cache file records for this machine and network (``bf16``, ``fp32_ms``, ``bf16_ms``, ``ratio``)."""
         entry = self._read().get(self._machine(), {}).get(network_key)
         return entry if isinstance(entry, dict) else None
 
