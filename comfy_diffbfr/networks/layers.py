@@ -34,9 +34,20 @@ def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     """Self-attention over pixels. q, k, v: [B, C, N]; returns [B, C, N].
 
     Each head takes a contiguous slice of C // heads channels, scale (C // heads) ** -0.5.
+    On the CPU, half-precision attention runs in float32: there torch's math kernel sums half
+    precision products in an order set by a process-wide switch (ComfyUI turns
+    ``allow_fp16_bf16_reduction_math_sdp`` on at start-up), so the same graph would give other
+    bits inside ComfyUI than outside it; in float32 it does not depend on the switch.
     """
     q, k, v = (rearrange(x, "b (heads d) n -> b heads n d", heads=heads) for x in (q, k, v))
-    return rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> b (heads d) n")
+    autocast = torch.is_autocast_enabled("cpu")
+    if q.device.type == "cpu" and (autocast or q.dtype in (torch.float16, torch.bfloat16)):
+        dtype = torch.get_autocast_dtype("cpu") if autocast else q.dtype
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(dtype)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
+    return rearrange(out, "b heads n d -> b (heads d) n")
 
 
 def largest_dividing_group_count(channel_counts: Iterable[int], preferred: int = 32) -> int:
