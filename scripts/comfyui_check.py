@@ -3,7 +3,8 @@
 Procedure (what the acceptance note quotes):
 1. the pack is linked into ``<ComfyUI>/custom_nodes/comfy-diffbfr``; the photos are copied into
    ComfyUI's input folder; with ``--tiny-models`` small random models are written under the
-   starter-weight names into ``<ComfyUI>/models/diffbfr`` (else the pack's ``weights/`` serve);
+   starter-weight names into ``<ComfyUI>/models/diffbfr`` (else the pack's ``weights/`` serve), and a
+   tiny random guided-diffusion ``.pth`` under the public prior's name ``diffbfr_public_prior.json`` loads;
 2. ``python main.py --cpu --listen 127.0.0.1 --port PORT`` starts in the background (its own venv);
    the log must not contain ``IMPORT FAILED`` and ``GET /object_info`` must list the six node ids;
 3. every ``workflows/*.json`` is converted to the API format with the server's own ``/object_info``,
@@ -85,9 +86,10 @@ def template_check(base: str, workflows: list[Path]) -> dict:
 
 def write_tiny_models(folder: Path) -> None:
     sys.path.insert(0, str(REPO / "tests"))
-    from pack_helpers import stage_models
+    from pack_helpers import stage_models, stand_in_public_prior
 
     stage_models(folder)
+    stand_in_public_prior(folder)
 
 
 def start_server(comfyui: Path, python: str, port: int, log: Path) -> subprocess.Popen:

@@ -18,6 +18,7 @@ EXAMPLE_PHOTO = REPO / "assets" / "diffbfr_example.png"  # the photo every workf
 STAGE_FILES = {"irm64": "irm64.safetensors", "irm256": "irm256.safetensors", "tem": "tem.safetensors"}  # the trainer's export names
 _CONDITIONS = {"irm64": ["lq"], "irm256": ["prev", "lq"], "tem": []}
 _SIZES = {"irm64": 64, "irm256": 256, "tem": None}  # a TEM without a native size runs at its input's size
+PUBLIC_PRIOR = "iddpm_ffhq512_ema500000.pth"  # DifFace's FFHQ-512 prior, named by diffbfr_public_prior.json
 
 
 def tiny_model(path: Path, role: str | None, conditions: list[str], *, resolution: int | None, seed: int = 0) -> Path:
@@ -43,6 +44,16 @@ def stage_models(folder: Path) -> dict[str, Path]:
     """The three starter-weight file names as tiny models in ``folder`` (the diffbfr model folder)."""
     return {role: tiny_model(folder / name, role, _CONDITIONS[role], resolution=_SIZES[role])
             for role, name in STAGE_FILES.items()}
+
+
+def stand_in_public_prior(folder: Path) -> Path:
+    """A tiny random guided-diffusion state dict saved as a plain ``.pth`` under ``PUBLIC_PRIOR``
+    (32 channels: the loader assumes the public priors' 32 groups; four levels, so the middle block's
+    attention sees 64x64 tokens of a 512 px crop and a run at the workflow's own settings stays short)."""
+    config = adm_config(model_channels=32, channel_mult=[1, 1, 2, 2], num_res_blocks=1, out_channels=6, learn_sigma=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(ADMUNet.from_config(config).state_dict(), folder / PUBLIC_PRIOR)
+    return folder / PUBLIC_PRIOR
 
 
 def load_pack():

@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import torch
-
-from comfy_diffbfr.networks.adm_unet import ADMUNet, adm_config
 from comfy_diffbfr.workflow.runner import node_classes, run_workflow, to_prompt
-from pack_helpers import EXAMPLE_PHOTO, REPO, WORKFLOWS, stage_models
+from pack_helpers import EXAMPLE_PHOTO, REPO, WORKFLOWS, stage_models, stand_in_public_prior
 
 STAGE_NODES = {"DiffBFRIRM64", "DiffBFRIRM256", "DiffBFRTEM"}
 
@@ -22,10 +19,7 @@ def starter_models(tmp_path_factory):
     # the folder conftest points COMFY_DIFFBFR_MODELS at; it comes before the pack's weights/
     folder = tmp_path_factory.getbasetemp() / "models" / "diffbfr"
     models = stage_models(folder)
-    # diffbfr_public_prior.json names DifFace's FFHQ-512 prior: a tiny random guided-diffusion
-    # state dict under that name (32 channels: the loader assumes the public priors' 32 groups)
-    config = adm_config(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, out_channels=6, learn_sigma=True)
-    torch.save(ADMUNet.from_config(config).state_dict(), folder / "iddpm_ffhq512_ema500000.pth")
+    stand_in_public_prior(folder)  # the prior diffbfr_public_prior.json names
     return models
 
 
