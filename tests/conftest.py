@@ -73,3 +73,21 @@ def _float32_cpu_auto(tmp_path_factory, monkeypatch):
 
     monkeypatch.setenv("COMFY_DIFFBFR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setattr(cpu_precision, "CHOOSER", cpu_precision.CpuPrecisionChooser(has_units=lambda: False))
+
+
+@pytest.fixture
+def comfy_progress_bar(monkeypatch):
+    """Installs a stand-in ``comfy.utils`` module (only that: the pack then reports progress as in
+    ComfyUI); call it with the ``ProgressBar`` class to use."""
+    import sys
+    import types
+
+    def install(progress_bar: type) -> None:
+        utils = types.ModuleType("comfy.utils")
+        utils.ProgressBar = progress_bar
+        package = types.ModuleType("comfy")
+        package.utils = utils
+        monkeypatch.setitem(sys.modules, "comfy", package)
+        monkeypatch.setitem(sys.modules, "comfy.utils", utils)
+
+    return install

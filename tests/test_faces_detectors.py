@@ -167,9 +167,7 @@ def test_missing_dlib_in_comfyui_says_how_to_install_it_or_which_detector_to_cho
         DlibDetector()
 
 
-def test_download_shows_its_progress_on_the_node(tmp_path, monkeypatch):
-    import types
-
+def test_download_shows_its_progress_on_the_node(tmp_path, comfy_progress_bar):
     payload = bytes(range(256)) * 12_000  # 3 MB: three 1 MB chunks
     source = tmp_path / "weights.pth"
     source.write_bytes(payload)
@@ -182,12 +180,7 @@ def test_download_shows_its_progress_on_the_node(tmp_path, monkeypatch):
         def update_absolute(self, value, total=None, preview=None):
             seen.append((value, total))
 
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = ProgressBar
-    package = types.ModuleType("comfy")
-    package.utils = utils
-    monkeypatch.setitem(sys.modules, "comfy", package)
-    monkeypatch.setitem(sys.modules, "comfy.utils", utils)
+    comfy_progress_bar(ProgressBar)
     target = tmp_path / "out.pth"
     weights._download(source.as_uri(), target)  # a file:// address: no network
     assert target.read_bytes() == payload

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import torch
 
 from comfy_diffbfr.defaults import STAGE_DEFAULTS
@@ -14,7 +11,7 @@ from comfy_diffbfr.pipeline import Stage, restore_crops
 from pack_helpers import tiny_model
 
 
-def test_the_pipeline_reports_one_bar_across_its_stages(tmp_path, monkeypatch, one_thread):
+def test_the_pipeline_reports_one_bar_across_its_stages(tmp_path, comfy_progress_bar, one_thread):
     bars = []
 
     class ProgressBar:  # ComfyUI's comfy.utils.ProgressBar, recording
@@ -25,12 +22,7 @@ def test_the_pipeline_reports_one_bar_across_its_stages(tmp_path, monkeypatch, o
         def update_absolute(self, value, total=None, preview=None):
             self.updates.append((value, total, preview is not None))
 
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = ProgressBar
-    package = types.ModuleType("comfy")
-    package.utils = utils
-    monkeypatch.setitem(sys.modules, "comfy", package)
-    monkeypatch.setitem(sys.modules, "comfy.utils", utils)
+    comfy_progress_bar(ProgressBar)
     models = {name: ModelHandle(load_model(tiny_model(tmp_path / f"{name}.safetensors", name, cond, resolution=size)), name)
               for name, cond, size in (("irm64", ["lq"], 64), ("tem", [], None))}
     stages = [Stage(name, models[name], STAGE_DEFAULTS[name].updated(steps=steps)) for name, steps in (("irm64", 3), ("tem", 2))]
