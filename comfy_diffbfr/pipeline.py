@@ -19,7 +19,6 @@ call these functions; the stage nodes call the same ``stages.run_stage``, so the
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from . import stages as stage_fns
 from .defaults import STAGE_DEFAULTS, StageSettings
 from .errors import DiffBFRError, WeightsMissingError
-from .faces import Selection, detect_faces, paste_back
+from .faces import Selection, detect_faces, dlib_models, paste_back
 from .faces.face_set import FaceSet, ImageBatch, as_image_list
 from .host import folders
 from .host.model_cache import ModelHandle, load_cached
@@ -206,7 +205,7 @@ def format_report(results: Sequence[RestoredPhoto]) -> str:
 @functools.lru_cache(maxsize=1)
 def identity_model() -> Any:
     """dlib's face descriptor model when dlib and its weights are installed, else None (shared)."""
-    if importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None:
+    if not dlib_models.available():
         return None
     from .training.evaluate import IdentityModel
 

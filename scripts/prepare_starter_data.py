@@ -61,14 +61,12 @@ def warp(img: Image.Image, m: np.ndarray, size: int) -> Image.Image:
 
 class DlibAligner:
     def __init__(self) -> None:
-        import importlib.util
-
         import dlib
 
-        spec = importlib.util.find_spec("face_recognition_models")
-        models = Path(spec.submodule_search_locations[0]) / "models"
-        self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(str(models / "shape_predictor_68_face_landmarks.dat"))
+        from comfy_diffbfr.faces import dlib_models
+
+        self.detector = dlib_models.frontal_face_detector()
+        self.predictor = dlib_models.shape_predictor("shape_predictor_68_face_landmarks.dat")
         self.dlib = dlib
 
     def faces(self, img: Image.Image, min_px: int) -> list[np.ndarray]:

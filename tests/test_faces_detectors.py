@@ -250,3 +250,15 @@ def test_dlib_on_an_enlarged_photo_finds_the_same_landmarks(faces_dir):
     for a, b in zip(ours.faces, enlarged.faces):
         assert np.abs((b.landmarks + 0.5) / 2 - 0.5 - a.landmarks).max() < 2.0
         assert np.abs((b.box + 0.5) / 2 - 0.5 - a.box).max() < 0.15 * (a.box[2] - a.box[0])
+
+
+def test_the_offline_detector_and_the_identity_metric_load_dlibs_models_once():
+    pytest.importorskip("dlib")
+    from comfy_diffbfr.faces import dlib_models
+    from comfy_diffbfr.faces.detectors import DlibDetector
+    from comfy_diffbfr.training.evaluate import IdentityModel
+
+    detector, identity = DlibDetector(), IdentityModel()
+    assert identity.detector is detector._hog is dlib_models.frontal_face_detector()
+    assert DlibDetector()._shape is detector._shape
+    assert IdentityModel().encoder is identity.encoder and IdentityModel().landmarks is identity.landmarks

@@ -144,6 +144,19 @@ def test_python_dash_m_inspect(tmp_path):
     assert "format:            adm" in done.stdout and "parameters:" in done.stdout
 
 
+def test_the_entry_point_imports_with_the_collector_off_and_leaves_it_on(tmp_path):
+    """``cli.entry`` (``python -m``, the console script) freezes what the command's imports made, so
+    the collector neither scans torch's objects while they are made nor at exit, and it is on again
+    for the command itself."""
+    path = _tiny_adm_file(tmp_path)
+    script = ("import gc, sys; from comfy_diffbfr import cli; "
+              f"sys.argv = ['comfy-diffbfr', 'inspect', {str(path)!r}, '--hint', 'num_head_channels=16']; "
+              "status = cli.entry(); print('RESULT', status, gc.isenabled(), gc.get_freeze_count())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    status, enabled, frozen = done.stdout.split("RESULT ")[1].split()
+    assert (status, enabled) == ("0", "True") and int(frozen) > 100_000, done.stderr
+
+
 def test_closed_stdout_pipe_stops_quietly(tmp_path):
     """`inspect ... | head`: the reader goes away before the report is written; no traceback."""
     path = _tiny_adm_file(tmp_path)

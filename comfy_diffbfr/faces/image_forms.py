@@ -42,7 +42,7 @@ def as_image_batch(images: Any, what: str = "image") -> torch.Tensor:
     if x.ndim != 4:
         raise InvalidParameterError(f"{what}: got shape {tuple(images.shape)}; expected {EXPECTED}")
     if x.shape[-1] not in _CHANNELS:
-        hint = (f"; it looks channels-first [B, C, H, W]: pass images.permute(0, 2, 3, 1)"
+        hint = ("; it looks channels-first [B, C, H, W]: pass images.permute(0, 2, 3, 1)"
                 if x.shape[1] in _CHANNELS else "")
         raise InvalidParameterError(f"{what}: got shape {tuple(images.shape)}{hint}; expected {EXPECTED}")
     if x.dtype in (torch.uint8, torch.uint16):

