@@ -137,14 +137,25 @@ def generators(batch: int, seed: int, seed_mode: str, device: torch.device, firs
 # 32 leaves a margin. Batches use at most half of the free memory, and at most MAX_BATCH faces.
 ACTIVATION_MAPS = 32
 MAX_BATCH = 16
+# On a CPU, a face costs more in a large batch once the batch's feature maps outgrow the caches.
+# Measured on the starter networks (Xeon with AMX, 2 threads; benchmarks/cpu_precision.py), ms per
+# face at batch 1 / 2 / 4 / 8, bf16: IRM 256 219 / 215 / 262 / 326, TEM 226 / 183 / 246 / 359;
+# fp32: IRM 256 468 / 440 / 576 / 692, TEM 458 / 394 / 508 / 698; while IRM 64 (64 px) keeps
+# gaining up to 8 (bf16 86 / 57 / 41 / 39). So a CPU batch holds at most this many pixels per
+# thread (2 faces of 256 px on 2 threads, the 16-face cap at 64 px).
+CPU_PIXELS_PER_THREAD = 256 * 256
 
 
 def batch_size(net: torch.nn.Module, size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> int:
-    """How many faces of ``size`` one forward of ``net`` may take on ``device`` (see ACTIVATION_MAPS)."""
+    """How many faces of ``size`` one forward of ``net`` may take on ``device`` (see ACTIVATION_MAPS
+    and, on a CPU, CPU_PIXELS_PER_THREAD)."""
     first = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
     width = first.out_channels if first is not None else 64
     per_face = ACTIVATION_MAPS * width * size[0] * size[1] * torch.empty((), dtype=dtype).element_size()
-    return max(1, min(MAX_BATCH, free_memory(device) // 2 // per_face))
+    batch = min(MAX_BATCH, free_memory(device) // 2 // per_face)
+    if device.type == "cpu":
+        batch = min(batch, torch.get_num_threads() * CPU_PIXELS_PER_THREAD // (size[0] * size[1]))
+    return max(1, batch)
 
 
 @dataclass

@@ -210,10 +210,18 @@ def test_out_of_memory_retries_with_smaller_batches(models, error):
 def test_batch_size_follows_the_free_memory(models, monkeypatch):
     net = models["irm256"].net  # first feature map: 8 channels
     per_face = stages.ACTIVATION_MAPS * 8 * 256 * 256 * 4
+    gpu = torch.device("cuda")  # only its free memory is asked, and that is patched
     monkeypatch.setattr(stages, "free_memory", lambda device: 2 * 3 * per_face)
-    assert stages.batch_size(net, (256, 256), torch.float32, torch.device("cpu")) == 3
-    assert stages.batch_size(net, (256, 256), torch.bfloat16, torch.device("cpu")) == 6  # half the bytes
+    assert stages.batch_size(net, (256, 256), torch.float32, gpu) == 3
+    assert stages.batch_size(net, (256, 256), torch.bfloat16, gpu) == 6  # half the bytes
     monkeypatch.setattr(stages, "free_memory", lambda device: 0)
-    assert stages.batch_size(net, (256, 256), torch.float32, torch.device("cpu")) == 1
+    assert stages.batch_size(net, (256, 256), torch.float32, gpu) == 1
     monkeypatch.setattr(stages, "free_memory", lambda device: 1 << 50)
-    assert stages.batch_size(net, (256, 256), torch.float32, torch.device("cpu")) == stages.MAX_BATCH
+    assert stages.batch_size(net, (256, 256), torch.float32, gpu) == stages.MAX_BATCH
+
+
+@pytest.mark.parametrize("threads, size, expected", [(2, 256, 2), (1, 256, 1), (4, 256, 4), (2, 64, 16), (2, 512, 1), (8, 512, 2)])
+def test_cpu_batches_hold_at_most_a_few_pixels_per_thread(models, monkeypatch, threads, size, expected):
+    monkeypatch.setattr(stages, "free_memory", lambda device: 1 << 50)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert stages.batch_size(models["irm256"].net, (size, size), torch.float32, torch.device("cpu")) == expected
