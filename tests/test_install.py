@@ -53,3 +53,6 @@ def test_a_non_editable_install_restores_from_another_folder(tmp_path):
     report = json.loads(run.stdout)
     assert [s["model"] for s in report["stages"]] == ["irm64.safetensors", "irm256.safetensors", "tem.safetensors"]
     assert len(report["photos"][0]["faces"]) == 1 and (elsewhere / "out" / "diffbfr_example.png").is_file()
+    script = subprocess.run([env_dir / "bin" / "comfy-diffbfr", "restore", "--help"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and "restore every face" in script.stdout, script.stderr
