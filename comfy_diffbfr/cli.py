@@ -47,10 +47,11 @@ def entry() -> int:
     scan them over and over while they are made, and once more at exit (about 0.9 s of a 5 s
     ``restore`` here). Frozen, it leaves them alone; it still collects what the command makes."""
     argv = sys.argv[1:]
-    if _chosen(argv) in COMMANDS:
+    chosen = _chosen(argv)
+    if chosen in COMMANDS:
         gc.disable()
         try:
-            _command_module(_chosen(argv))
+            _command_module(chosen)
         finally:
             gc.freeze()
             gc.enable()

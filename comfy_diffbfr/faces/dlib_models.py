@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +48,8 @@ def frontal_face_detector() -> Any:
     except RuntimeError:  # absent, unreadable or damaged: built again and rewritten
         pass
     detector = dlib.get_frontal_face_detector()
-    _save(detector, copy)
+    # dlib says RuntimeError where it cannot write the file
+    folders.write_cache_file(copy, lambda tmp: detector.save(str(tmp)), failures=(OSError, RuntimeError))
     return detector
 
 
@@ -59,22 +58,6 @@ def frontal_detector_copy() -> Path:
     import dlib
 
     return folders.cache_dir() / f"dlib_frontal_face_detector-{dlib.__version__}.svm"
-
-
-def _save(detector: Any, path: Path) -> None:
-    """A temporary file in the cache folder, then ``os.replace``; a cache that cannot be written
-    (read-only home) only means the next run builds the detector again."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            detector.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except (OSError, RuntimeError):
-        pass
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,10 +13,8 @@ in the user cache folder (``folders.cache_dir()``), so each machine measures a n
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -142,24 +140,14 @@ class CpuPrecisionChooser:
         return machines if isinstance(machines, dict) else {}
 
     def _write(self, key: tuple[str, str], entry: dict[str, Any]) -> None:
-        """Merge one entry into the file: a temporary file in the same folder, then ``os.replace``.
-        A cache that cannot be written (read-only home) is not an error: the memory cache remains."""
+        """Merge one entry into the file (``folders.write_cache_file``: a temporary file, then
+        ``os.replace``). A cache that cannot be written (read-only home) is not an error: the memory
+        cache remains."""
         machines = self._read()
         network = machines.get(key[0])
         machines[key[0]] = {**(network if isinstance(network, dict) else {}), key[1]: entry}
-        path = self.cache_file
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"version": 1, "machines": machines}, f, indent=1, sort_keys=True)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError:
-            pass
+        record = json.dumps({"version": 1, "machines": machines}, indent=1, sort_keys=True)
+        folders.write_cache_file(self.cache_file, lambda tmp: tmp.write_text(record, encoding="utf-8"))
 
 
 #: the chooser the model handles use

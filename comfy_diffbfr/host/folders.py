@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import site
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CheckpointError
@@ -63,6 +65,24 @@ def cache_dir() -> Path:
     """``$COMFY_DIFFBFR_CACHE`` when set, else ``~/.cache/comfy_diffbfr``."""
     root = os.environ.get("COMFY_DIFFBFR_CACHE")
     return Path(root) if root else _user_cache()
+
+
+def write_cache_file(path: Path, write: Callable[[Path], None], *, failures: tuple[type[Exception], ...] = (OSError,)) -> None:
+    """Put a record of the cache folder in place: ``write(temporary_path)`` fills a temporary file in
+    ``path``'s folder, which then replaces ``path`` in one step (``os.replace``). A record that cannot
+    be written (read-only home; ``failures`` are the errors that say so) is not an error: the caller
+    keeps what it has in memory and a later run makes the record again."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except failures:
+        pass
 
 
 def register_kind(kind: str) -> None:

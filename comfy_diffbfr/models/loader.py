@@ -102,8 +102,8 @@ def load_model(path: str | Path, hints: Mapping[str, Any] | None = None) -> Load
     ckpt = read_checkpoint(path)
     info = describe(ckpt, hints)
     state_dict = ckpt.state_dict if info.format == "diffbfr" else info.spec.prepare_state_dict(ckpt.state_dict)
-    # The network on the meta device first (no memory): it must have exactly the file's keys and
-    # shapes, so the real one is never larger than the weights that were read (``limits``).
+    # The network on the meta device (no memory): it must have exactly the file's keys and shapes,
+    # so once it takes the file's tensors it is never larger than the weights read (``limits``).
     net = _build_on_meta(info, ckpt.path)
     problems = shape_problems(net, state_dict)
     if problems:
